@@ -1,0 +1,41 @@
+"""HTTP layer: routes parse and delegate; errors are mapped in `serving.api.errors`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI, Request
+from ray.serve.context import _get_serve_request_context
+
+import serving
+from serving.api import imaging, oip
+from serving.api.errors import install_error_handlers
+
+if TYPE_CHECKING:
+    from serving.deployments.gateway import Gateway
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    app = FastAPI(
+        title="Medserve",
+        version=serving.__version__,
+        description=(
+            "Inference serving for medical AI models. Every result is decision support for a "
+            "clinician, names the model and version that produced it, and carries the model's "
+            "intended-use statement."
+        ),
+    )
+    app.state.gateway = gateway
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next):  # type: ignore[no-untyped-def]
+        # Serve's proxy assigns the id and returns it as the X-Request-ID header; the body and
+        # the audit trail use the same one.
+        request.state.request_id = _get_serve_request_context().request_id or uuid.uuid4().hex
+        return await call_next(request)
+
+    install_error_handlers(app)
+    app.include_router(oip.router)
+    app.include_router(imaging.router)
+    return app

@@ -1,0 +1,67 @@
+"""Request bodies: size-limited reads and the upload containers a study arrives in."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from serving.config import Limits
+from serving.errors import InvalidInput, PayloadTooLarge
+from serving.imaging.dicom import unzip_series
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the body, refusing early (413) by Content-Length and again while streaming."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidInput("Content-Length is not a number")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"request body over the {limit} byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body over the {limit} byte limit")
+        chunks.append(chunk)
+    if size == 0:
+        raise InvalidInput("empty request body")
+    return b"".join(chunks)
+
+
+async def _replay(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+async def study_parts(request: Request, content_type: str, limits: Limits) -> list[bytes]:
+    """The DICOM/PNG instances in a request: one body, a zip, or multipart file fields."""
+    is_series = content_type in ("application/zip", "multipart/form-data")
+    body = await read_body(
+        request, limits.max_series_bytes if is_series else limits.max_instance_bytes
+    )
+    if content_type == "application/zip":
+        return unzip_series(body, limits.max_series_instances, limits.max_series_bytes)
+    if content_type != "multipart/form-data":
+        return [body]
+    parser = MultiPartParser(
+        request.headers, _replay(body),
+        max_files=limits.max_series_instances, max_fields=16, max_part_size=1 << 20,
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException:
+        raise InvalidInput("malformed multipart body") from None
+    files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+    if not files:
+        raise InvalidInput("multipart body holds no file parts")
+    try:
+        return [await f.read() for f in files]
+    finally:
+        await form.close()

@@ -1,0 +1,66 @@
+"""The one mapping from exceptions to HTTP responses.
+
+OIP and imaging routes answer `{"error": "..."}`; OpenAI-compatible routes answer
+`{"error": {"message", "type", "param", "code"}}`. Unexpected exceptions become a bare 500:
+their text may hold request content, so it is neither returned nor logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from serving.errors import MedserveError
+
+log = logging.getLogger("ray.serve")
+
+OPENAI_PREFIXES = ("/v1/chat/", "/v1/completions", "/v1/models")
+
+
+def _is_openai(request: Request) -> bool:
+    return request.url.path.startswith(OPENAI_PREFIXES)
+
+
+def error_response(
+    request: Request, status: int, message: str, error_type: str,
+    retry_after_s: float | None = None, param: str | None = None,
+) -> JSONResponse:
+    headers = {}
+    if status in (429, 503) or retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s or 1)))
+    body: dict[str, object]
+    if _is_openai(request):
+        body = {"error": {"message": message, "type": error_type, "param": param, "code": status}}
+    else:
+        body = {"error": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(MedserveError)
+    async def domain(request: Request, exc: MedserveError) -> JSONResponse:
+        return error_response(
+            request, exc.status_code, exc.message, exc.error_type, exc.retry_after_s
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Only the location and pydantic's message: the offending input value is not echoed.
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(request, 400, f"{where}: {first['msg']}", "invalid_request_error")
+
+    @app.exception_handler(HTTPException)
+    async def http(request: Request, exc: HTTPException) -> JSONResponse:
+        return error_response(request, exc.status_code, str(exc.detail), "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        rid = getattr(request.state, "request_id", "-")
+        log.error("unhandled %s on %s (request %s)", type(exc).__name__, request.url.path, rid)
+        return error_response(request, 500, "internal error", "internal_error")

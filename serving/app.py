@@ -1,0 +1,143 @@
+"""Build the Serve application and its `serve deploy` config from the repository.
+
+`build_app` is the application builder named by the generated config's `import_path`, so
+`medserve serve`, `serve deploy` and KubeRay's serveConfigV2 all construct the same graph, and
+`deployment_options` is the single place manifest fields become Serve deployment options.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import Application
+
+from serving.config import ClusterConfig, ModelManifest
+from serving.deployments.gateway import Gateway, handle_key
+from serving.deployments.imaging import ImagingModel
+from serving.repository import load_cluster_config, load_repository
+
+IMPORT_PATH = "serving.app:build_app"
+GATEWAY = "Gateway"
+HEALTH_CHECK_PERIOD_S = 5.0
+HEALTH_CHECK_TIMEOUT_S = 30.0
+GRACEFUL_SHUTDOWN_S = 20.0
+
+
+class AppArgs(BaseModel):
+    """Arguments of the application builder (the `args:` block of the Serve config)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model_repo: str = Field("model_repo", description="Path of the model repository.")
+    config: str | None = Field(None, description="Cluster config file; None for defaults.")
+    device: Literal["auto", "cpu", "cuda"] | None = Field(
+        None, description="Overrides the cluster config's device."
+    )
+
+
+def use_gpu(device: str) -> bool:
+    if device == "cuda":
+        return True
+    if device == "cpu":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def deployment_name(model: str, version: str) -> str:
+    return f"{model}-v{version}"
+
+
+def deployment_options(manifest: ModelManifest, gpu: bool) -> dict[str, Any]:
+    s, r = manifest.scaling, manifest.resources
+    opts: dict[str, Any] = {
+        "max_ongoing_requests": s.max_ongoing_requests,
+        "max_queued_requests": s.max_queued_requests,
+        "ray_actor_options": {"num_cpus": r.cpus, "num_gpus": r.gpus if gpu else 0},
+        "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+        "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
+        "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_S,
+    }
+    if s.min_replicas == s.max_replicas:
+        opts["num_replicas"] = s.min_replicas
+    else:
+        opts["autoscaling_config"] = {
+            "min_replicas": s.min_replicas,
+            "max_replicas": s.max_replicas,
+            "initial_replicas": s.initial_replicas,
+            "target_ongoing_requests": s.target_ongoing_requests,
+        }
+    return opts
+
+
+def gateway_options(config: ClusterConfig) -> dict[str, Any]:
+    g = config.gateway
+    return {
+        "num_replicas": g.num_replicas,
+        "max_ongoing_requests": g.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": g.cpus},
+        "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_S,
+    }
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Serve application builder: one imaging deployment per served version, one gateway."""
+    a = AppArgs.model_validate(args)
+    repo = load_repository(Path(a.model_repo))
+    config = load_cluster_config(Path(a.config) if a.config else None)
+    gpu = use_gpu(a.device or config.device)
+    handles = {}
+    for manifest, version in repo.iter_versions():
+        name = deployment_name(manifest.name, version.version)
+        handles[handle_key(manifest.name, version.version)] = ImagingModel.options(
+            name=name, **deployment_options(manifest, gpu)
+        ).bind(str(repo.root), manifest.name, version.version)
+    gateway = Gateway.options(name=GATEWAY, **gateway_options(config))
+    return gateway.bind(str(repo.root), config.model_dump(mode="json"), handles)
+
+
+def serve_config(
+    model_repo: str, config_path: str | None, target: Literal["local", "k8s"] = "local"
+) -> dict[str, Any]:
+    """A `serve deploy` / serveConfigV2 document equivalent to `build_app`'s graph."""
+    repo = load_repository(Path(model_repo))
+    config = load_cluster_config(Path(config_path) if config_path else None)
+    gpu = target == "k8s" or use_gpu(config.device)
+    deployments = [{"name": GATEWAY, **gateway_options(config)}]
+    for manifest, version in repo.iter_versions():
+        deployments.append(
+            {"name": deployment_name(manifest.name, version.version),
+             **deployment_options(manifest, gpu)}
+        )
+    args: dict[str, Any] = {"model_repo": model_repo, "config": config_path}
+    if target == "k8s":
+        args["device"] = "cuda"
+    http = config.http
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {
+            "host": "0.0.0.0" if target == "k8s" else http.host,
+            "port": http.port,
+            # Serve's own timeout sits above ours so clients see Medserve's 504 body.
+            "request_timeout_s": http.request_timeout_s + 5,
+            "keep_alive_timeout_s": http.keep_alive_timeout_s,
+        },
+        "logging_config": {"encoding": "JSON", "log_level": "INFO", "enable_access_log": True},
+        "applications": [
+            {
+                "name": config.app_name,
+                "route_prefix": "/",
+                "import_path": IMPORT_PATH,
+                "args": args,
+                "deployments": deployments,
+            }
+        ],
+    }
+
+
+def run(args: AppArgs, config: ClusterConfig) -> None:
+    """Deploy onto the already started Serve instance and wait until it is healthy."""
+    serve.run(build_app(args.model_dump()), name=config.app_name, route_prefix="/")

@@ -1,0 +1,1 @@
+"""Ray Serve deployments: the gateway (FastAPI ingress) and one imaging deployment per model."""

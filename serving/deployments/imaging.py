@@ -1,0 +1,88 @@
+"""ImagingModel deployment: decode -> preprocess -> `@serve.batch` -> backend -> findings.
+
+One deployment per (model, version), configured from its manifest. Batching limits come from
+the manifest and are applied to the batch queue at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ray import serve
+
+from serving.backends import Backend
+from serving.backends.torch_backend import TorchBackend
+from serving.imaging.pipeline import Payload, make_pipeline
+from serving.repository import load_repository
+
+log = logging.getLogger("ray.serve")
+
+
+def _device() -> str:
+    # Ray sets CUDA_VISIBLE_DEVICES to the replica's assigned GPUs (none when num_gpus=0).
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@serve.deployment
+class ImagingModel:
+    def __init__(self, repo_root: str, model: str, version: str) -> None:
+        repo = load_repository(Path(repo_root))
+        self.manifest = repo.manifest(model)
+        self.version = version
+        v = self.manifest.version(version)
+        path = repo.verify(model, v)
+        res = self.manifest.resources
+        torch.set_num_threads(res.threads or max(1, math.ceil(res.cpus)))
+        self.backend: Backend = TorchBackend(self.manifest, v, path, _device())
+        self.pipeline = make_pipeline(self.manifest)
+        self._batched.set_max_batch_size(self.manifest.batching.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(self.manifest.batching.batch_wait_timeout_ms / 1e3)
+        log.info("loaded %s version %s on %s", model, version, _device())
+
+    def ready(self) -> bool:
+        return self.backend.ready()
+
+    def check_health(self) -> None:
+        if not self.backend.ready():
+            raise RuntimeError("backend not ready")
+
+    async def predict(self, payload: Payload) -> dict[str, Any]:
+        """Full pipeline for one study; returns findings and timings in milliseconds."""
+        t0 = time.perf_counter()
+        x, context = await asyncio.to_thread(self.pipeline.prepare, payload)
+        t1 = time.perf_counter()
+        y, queue_s, infer_s = await self._batched((x, t1))
+        t2 = time.perf_counter()
+        findings = self.pipeline.findings(y, context)
+        t3 = time.perf_counter()
+        return {
+            "findings": findings,
+            "timings_ms": {
+                "preprocess": round((t1 - t0) * 1e3, 3),
+                "queue": round(queue_s * 1e3, 3),
+                "inference": round(infer_s * 1e3, 3),
+                "postprocess": round((t3 - t2) * 1e3, 3),
+            },
+        }
+
+    async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Raw tensors in, raw tensors out (the OIP path); inputs are validated upstream."""
+        (x,) = inputs.values()
+        y, _, _ = await self._batched((x.astype(np.float32, copy=False), time.perf_counter()))
+        return {self.manifest.outputs[0].name: y}
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def _batched(
+        self, items: list[tuple[np.ndarray, float]]
+    ) -> list[tuple[np.ndarray, float, float]]:
+        start = time.perf_counter()
+        outputs = await self.backend.run([x for x, _ in items])
+        infer_s = time.perf_counter() - start
+        return [(y, start - queued, infer_s) for (_, queued), y in zip(items, outputs, strict=True)]

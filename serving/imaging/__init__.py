@@ -1,0 +1,1 @@
+"""Medical image decoding, preprocessing and post-processing."""

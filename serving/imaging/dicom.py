@@ -1,0 +1,336 @@
+"""Turn untrusted uploads (DICOM, PNG, zip of DICOM) into arrays a model can take.
+
+Everything here parses bytes from outside, so every failure becomes a ``MedserveError`` whose
+message we wrote ourselves: no DICOM attribute value and no parser exception text ever reaches
+it, because either could carry patient data. Modality and transfer syntax UID are the only
+header values echoed, and only after checking they look like the coded values they must be.
+Header checks run before pixel decoding so a wrong request is refused before it costs memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from io import BytesIO
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import (
+    apply_color_lut,
+    apply_modality_lut,
+    apply_voi,
+    apply_windowing,
+    get_decoder,
+)
+
+from serving.errors import InvalidInput, PayloadTooLarge, UnprocessableInput, UnsupportedMediaType
+
+# pydicom logs malformed values verbatim ("Invalid value for VR DA: '<value>'"); keep its
+# records away from the service's handlers so header contents never land in a log line.
+logging.getLogger("pydicom").propagate = False
+
+MAX_IMAGE_PIXELS = 8192 * 8192  # one 2D image, checked from the header before decoding
+MAX_SERIES_VOXELS = 1024 * 512 * 512  # a whole CT series (4 GiB as float32 at the limit)
+
+_CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")  # DICOM CS: what a real Modality looks like
+_UID = re.compile(r"[0-9.]{1,64}")
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+_RGB_LIKE = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
+
+
+def _echo(value: object, pattern: re.Pattern[str]) -> str:
+    """Echo a coded value only when it has that code's shape, so free text cannot leak."""
+    text = str(value).strip() if value is not None else ""
+    return text if pattern.fullmatch(text) else "an unrecognised value"
+
+
+def _read(data: bytes, where: str) -> Dataset:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dcmread(BytesIO(data), force=False)
+    except InvalidDicomError:
+        raise InvalidInput(f"{where}not a DICOM file") from None
+    except Exception:
+        raise InvalidInput(f"{where}DICOM file could not be parsed") from None
+
+
+def _check_instance(ds: Dataset, accepted: Sequence[str], where: str) -> None:
+    """Modality, pixel presence, frame count and size: all decided from the header alone."""
+    try:
+        modality = str(ds.get("Modality", "") or "").strip()
+    except Exception:
+        raise InvalidInput(f"{where}DICOM header is malformed") from None
+    if modality.upper() not in {m.upper() for m in accepted}:
+        received = _echo(modality, _CODE_STRING) if modality else "none"
+        raise UnprocessableInput(
+            f"{where}modality {received} is not accepted by this model; "
+            f"accepted modalities: {', '.join(accepted)}"
+        )
+    if "PixelData" not in ds:
+        raise InvalidInput(f"{where}DICOM instance has no pixel data")
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        pixels = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1)
+    except Exception:
+        raise InvalidInput(f"{where}DICOM image header is malformed") from None
+    if frames != 1:
+        raise InvalidInput(f"{where}multi-frame DICOM is not supported; send one frame")
+    if pixels <= 0:
+        raise InvalidInput(f"{where}DICOM image header is malformed")
+    if pixels > MAX_IMAGE_PIXELS:
+        raise PayloadTooLarge(f"{where}image exceeds {MAX_IMAGE_PIXELS} pixels")
+
+
+def _pixels(ds: Dataset, where: str) -> np.ndarray:
+    """Decode stored values, telling 'no decoder here' (415) apart from 'broken data' (400)."""
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if not ts:
+        raise InvalidInput(f"{where}DICOM file has no transfer syntax")
+    try:
+        available = get_decoder(ts).is_available
+    except Exception:
+        available = False
+    if not available:
+        raise UnsupportedMediaType(f"{where}transfer syntax {_echo(ts, _UID)} is not supported")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(ds.pixel_array)
+    except Exception:
+        raise InvalidInput(f"{where}pixel data is truncated or corrupt") from None
+
+
+def _unit_range(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi == lo or not np.isfinite(hi - lo):
+        return np.zeros(arr.shape, dtype=np.float32)
+    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def _grey_from_rgb(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def _display_intensity(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Modality LUT, then VOI LUT or window, then the range that window maps to, then [0, 1].
+
+    pydicom's windowing output range depends on BitsStored, PixelRepresentation and rescale,
+    so instead of re-deriving it we push -inf/+inf through the same function and read back
+    the two ends. A VOI LUT is scaled by its own entries' range, because vendors often declare
+    16-bit LUTs holding 12-bit values.
+    """
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(arr, ds)
+        return _unit_range(_grey_from_rgb(rgb), 0.0, float(np.iinfo(rgb.dtype).max))
+    if photometric in _RGB_LIKE:  # pydicom has already converted YBR to RGB
+        return _unit_range(_grey_from_rgb(arr), 0.0, float(2 ** int(ds.BitsStored) - 1))
+    if photometric not in _MONOCHROME or arr.ndim != 2:
+        raise UnprocessableInput("unsupported photometric interpretation for a radiograph")
+
+    values = apply_modality_lut(arr, ds)
+    voi = ds.get("VOILUTSequence")
+    if voi and voi[0].get("LUTDescriptor") and voi[0].get("LUTData") is not None:
+        count, first = int(voi[0].LUTDescriptor[0]) or 2**16, int(voi[0].LUTDescriptor[1])
+        entries = apply_voi(np.arange(first, first + count), ds)
+        out = apply_voi(np.rint(values).astype(np.int64), ds)
+        scaled = _unit_range(out, float(entries.min()), float(entries.max()))
+    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        out = apply_windowing(values, ds)
+        lo, hi = apply_windowing(np.array([-np.inf, np.inf]), ds)
+        scaled = _unit_range(out, float(lo), float(hi))
+    else:
+        scaled = _unit_range(values, float(values.min()), float(values.max()))
+    return 1.0 - scaled if photometric == "MONOCHROME1" else scaled
+
+
+def decode_radiograph(data: bytes, accepted_modalities: Sequence[str]) -> np.ndarray:
+    """One DICOM instance -> float32 [H, W] in [0, 1], as a reader would see it displayed."""
+    ds = _read(data, "")
+    _check_instance(ds, accepted_modalities, "")
+    arr = _pixels(ds, "")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = _display_intensity(arr, ds)
+    except UnprocessableInput:
+        raise
+    except Exception:  # e.g. a LUT or window the standard does not allow
+        raise InvalidInput("DICOM intensity transform (LUT or window) is invalid") from None
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG -> float32 [H, W] in [0, 1], using the full range of the file's bit depth."""
+    try:
+        with Image.open(BytesIO(data)) as img:
+            if img.format != "PNG":
+                raise InvalidInput("not a PNG file")
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise PayloadTooLarge(f"image exceeds {MAX_IMAGE_PIXELS} pixels")
+            img.load()
+            mode = img.mode
+            if mode in ("P", "PA", "CMYK", "YCbCr"):
+                img = img.convert("RGB")
+                mode = "RGB"
+            arr = np.asarray(img)
+    except (InvalidInput, PayloadTooLarge):
+        raise
+    except Image.DecompressionBombError:
+        raise PayloadTooLarge("image is too large to decode") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        raise InvalidInput("not a PNG file, or the PNG is corrupt") from None
+    if mode == "1":
+        return arr.astype(np.float32)
+    full_scale = 65535.0 if mode.startswith("I") else 255.0
+    grey = _grey_from_rgb(arr) if arr.ndim == 3 and arr.shape[2] >= 3 else arr
+    if grey.ndim == 3:  # LA: grey plus alpha
+        grey = grey[..., 0]
+    return np.clip(grey.astype(np.float64) / full_scale, 0.0, 1.0).astype(np.float32)
+
+
+@dataclass
+class Volume:
+    """A CT series on one regular grid, with the geometry needed to report findings in mm."""
+
+    hu: np.ndarray  # float32 [X, Y, Z] = (column, row, slice) order
+    affine: np.ndarray  # 4x4 voxel (i=column, j=row, k=slice) -> DICOM patient coordinates (LPS, mm)
+
+
+def _geometry(ds: Dataset, where: str) -> tuple[str, tuple[int, int], np.ndarray, np.ndarray]:
+    try:
+        series = str(ds.SeriesInstanceUID)
+        shape = (int(ds.Rows), int(ds.Columns))
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
+        spacing = np.array([float(v) for v in ds.PixelSpacing], dtype=np.float64)
+        position = np.array([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
+        ok = iop.shape == (6,) and spacing.shape == (2,) and position.shape == (3,)
+    except Exception:
+        ok = False
+    if not ok or not np.all(np.isfinite(np.r_[iop, spacing, position])) or spacing.min() <= 0:
+        raise InvalidInput(f"{where}missing or malformed image geometry (orientation, spacing)")
+    return series, shape, np.r_[iop, spacing], position
+
+
+def decode_series(
+    parts: Sequence[bytes], accepted_modalities: Sequence[str], min_slices: int = 3
+) -> Volume:
+    """Single-frame CT instances of one series -> HU volume on a regular grid plus its affine."""
+    if len(parts) < min_slices:
+        raise InvalidInput(f"series has {len(parts)} instances; at least {min_slices} needed")
+    datasets, positions = [], []
+    first: tuple[str, tuple[int, int], np.ndarray] | None = None
+    for index, data in enumerate(parts):
+        where = f"part {index}: "
+        ds = _read(data, where)
+        _check_instance(ds, accepted_modalities, where)
+        series, shape, frame, position = _geometry(ds, where)
+        if first is None:
+            first = (series, shape, frame)
+            if len(parts) * shape[0] * shape[1] > MAX_SERIES_VOXELS:
+                raise PayloadTooLarge(f"series exceeds {MAX_SERIES_VOXELS} voxels")
+        elif series != first[0]:
+            raise InvalidInput(f"{where}belongs to a different series than part 0")
+        elif shape != first[1]:
+            raise InvalidInput(f"{where}image size differs from part 0")
+        elif not np.allclose(frame, first[2], rtol=1e-4, atol=1e-4):
+            raise InvalidInput(f"{where}orientation or pixel spacing differs from part 0")
+        datasets.append(ds)
+        positions.append(position)
+    assert first is not None
+    row_dir, col_dir, (row_spacing, col_spacing) = first[2][:3], first[2][3:6], first[2][6:]
+    if not (
+        abs(np.linalg.norm(row_dir) - 1) < 1e-3
+        and abs(np.linalg.norm(col_dir) - 1) < 1e-3
+        and abs(row_dir @ col_dir) < 1e-3
+    ):
+        raise InvalidInput("ImageOrientationPatient is not two orthogonal unit vectors")
+    row_dir, col_dir = row_dir / np.linalg.norm(row_dir), col_dir / np.linalg.norm(col_dir)
+    normal = np.cross(row_dir, col_dir)
+
+    pos = np.array(positions)
+    order = np.argsort(pos @ normal, kind="stable")
+    pos = pos[order]
+    along = (pos - pos[0]) @ normal
+    steps = np.diff(along)
+    if steps.min() < 0.01:
+        raise InvalidInput("series has two or more instances at the same slice position")
+    spacing = float(along[-1] / (len(along) - 1))
+    if np.abs(steps - spacing).max() > max(0.01, 0.01 * spacing):
+        raise InvalidInput("slice spacing is not uniform (missing or extra slices?)")
+    in_plane = (pos - pos[0]) - np.outer(along, normal)
+    if np.linalg.norm(in_plane, axis=1).max() > max(0.01, 0.01 * along[-1]):
+        raise InvalidInput("slices are not stacked along the slice normal (gantry tilt)")
+
+    slices = []
+    for index in order:
+        ds, where = datasets[index], f"part {index}: "
+        if str(ds.get("PhotometricInterpretation", "")).strip() not in _MONOCHROME:
+            raise UnprocessableInput(f"{where}series images must be monochrome")
+        stored = _pixels(ds, where)
+        try:
+            slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+            intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        except Exception:
+            raise InvalidInput(f"{where}rescale slope or intercept is malformed") from None
+        slices.append((stored.astype(np.float32) * slope + intercept).T)
+    affine = np.eye(4)
+    affine[:3, 0] = row_dir * col_spacing
+    affine[:3, 1] = col_dir * row_spacing
+    affine[:3, 2] = normal * spacing
+    affine[:3, 3] = pos[0]
+    return Volume(hu=np.stack(slices, axis=2).astype(np.float32), affine=affine)
+
+
+def unzip_series(data: bytes, max_members: int, max_total_bytes: int) -> list[bytes]:
+    """Zip of instances -> their bytes, refusing bombs before and while inflating.
+
+    Only stored and deflate members are read: zipfile bounds a deflate read to what we ask
+    for, but feeds bzip2 and LZMA whole chunks, which can inflate without limit.
+    """
+    try:
+        archive = zipfile.ZipFile(BytesIO(data))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        raise InvalidInput("not a zip archive, or the archive is corrupt") from None
+    with archive:
+        members = [
+            info
+            for info in archive.infolist()
+            if not info.is_dir()
+            and not info.filename.startswith("__MACOSX/")
+            and not info.filename.rsplit("/", 1)[-1].startswith(".")
+        ]
+        if not members:
+            raise InvalidInput("zip archive contains no files")
+        if len(members) > max_members:
+            raise PayloadTooLarge(f"zip archive has more than {max_members} files")
+        if sum(info.file_size for info in members) > max_total_bytes:
+            raise PayloadTooLarge(f"zip archive expands to more than {max_total_bytes} bytes")
+        if any(i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) for i in members):
+            raise UnsupportedMediaType("zip members must be stored or deflate-compressed")
+        out: list[bytes] = []
+        total = 0
+        try:
+            for info in members:
+                chunks = []
+                with archive.open(info) as member:
+                    while chunk := member.read(1 << 16):
+                        total += len(chunk)
+                        if total > max_total_bytes:
+                            raise PayloadTooLarge(
+                                f"zip archive expands to more than {max_total_bytes} bytes"
+                            )
+                        chunks.append(chunk)
+                out.append(b"".join(chunks))
+        except PayloadTooLarge:
+            raise
+        except Exception:  # bad CRC, encrypted member, truncated stream, lying sizes
+            raise InvalidInput("zip archive member could not be read") from None
+    return out

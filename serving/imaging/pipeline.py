@@ -1,0 +1,77 @@
+"""Per-task request pipelines: payload -> model input tensor, model output -> findings.
+
+They run in the imaging replica (decode and preprocess are CPU work that scales with the
+model's replicas, not with the gateway's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.config import CTPreprocessing, ModelManifest, RadiographPreprocessing
+from serving.errors import InvalidInput, UnsupportedMediaType
+from serving.imaging.detection import candidates_from_heatmap
+from serving.imaging.dicom import decode_png, decode_radiograph, decode_series
+from serving.imaging.preprocess import CTPreprocessor, RadiographPreprocessor
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What the gateway hands over: the body's media type and its DICOM/PNG parts."""
+
+    content_type: str
+    parts: list[bytes]
+
+
+class RadiographPipeline:
+    def __init__(self, manifest: ModelManifest, pre: RadiographPreprocessing) -> None:
+        self.labels = manifest.labels
+        self.modalities = manifest.modalities
+        self.transform = RadiographPreprocessor(pre.spatial_size, mean=pre.mean, std=pre.std)
+
+    def prepare(self, payload: Payload) -> tuple[np.ndarray, Any]:
+        if len(payload.parts) != 1:
+            raise InvalidInput("this model takes exactly one image per request")
+        if payload.content_type == "image/png":
+            image = decode_png(payload.parts[0])
+        elif payload.content_type == "application/dicom":
+            image = decode_radiograph(payload.parts[0], self.modalities)
+        else:
+            raise UnsupportedMediaType(f"cannot decode {payload.content_type}")
+        return self.transform(image)[None], None
+
+    def findings(self, output: np.ndarray, context: Any) -> list[dict[str, Any]]:
+        probs = output[0]
+        ranked = sorted(zip(self.labels, probs.tolist(), strict=True), key=lambda p: -p[1])
+        return [{"label": label, "probability": round(p, 6)} for label, p in ranked]
+
+
+class CTPipeline:
+    def __init__(self, manifest: ModelManifest, pre: CTPreprocessing) -> None:
+        self.pre = pre
+        self.modalities = manifest.modalities
+        self.transform = CTPreprocessor(
+            hu_min=pre.hu_window[0], hu_max=pre.hu_window[1], target_spacing=pre.target_spacing_mm
+        )
+
+    def prepare(self, payload: Payload) -> tuple[np.ndarray, Any]:
+        volume = decode_series(payload.parts, self.modalities, min_slices=self.pre.min_slices)
+        tensor, affine = self.transform(volume)
+        return tensor[None], affine
+
+    def findings(self, output: np.ndarray, context: Any) -> list[dict[str, Any]]:
+        found = candidates_from_heatmap(
+            output[0], context, threshold=self.pre.score_threshold,
+            max_candidates=self.pre.max_candidates, min_distance_mm=self.pre.min_distance_mm,
+        )
+        return [{"label": "nodule", **c} for c in found]
+
+
+def make_pipeline(manifest: ModelManifest) -> RadiographPipeline | CTPipeline:
+    pre = manifest.preprocessing
+    if isinstance(pre, RadiographPreprocessing):
+        return RadiographPipeline(manifest, pre)
+    return CTPipeline(manifest, pre)

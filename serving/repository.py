@@ -1,0 +1,132 @@
+"""The model repository on disk: `model_repo/<name>/manifest.yaml` plus `<name>/<version>/`.
+
+Loading validates every manifest up front; `check()` also verifies every weights file against
+its manifest checksum, which is what `medserve models check` and each replica at start-up use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import ValidationError
+
+from serving.config import ClusterConfig, ModelManifest, ModelVersion
+from serving.errors import ModelLoadError
+
+MANIFEST = "manifest.yaml"
+DEFAULT_REPO = Path(os.environ.get("MEDSERVE_MODEL_REPO", "model_repo"))
+DEFAULT_CLUSTER_CONFIG = Path(os.environ.get("MEDSERVE_CONFIG", "medserve.yaml"))
+
+ChecksumStatus = Literal["ok", "missing", "mismatch"]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelLoadError(f"{path}: cannot read YAML ({type(exc).__name__})") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    return f"{where}: {first['msg']}"
+
+
+@dataclass(frozen=True)
+class Repository:
+    root: Path
+    models: dict[str, ModelManifest]
+
+    def manifest(self, name: str) -> ModelManifest:
+        return self.models[name]
+
+    def version_dir(self, name: str, version: str) -> Path:
+        return self.root / name / version
+
+    def weights_path(self, name: str, version: ModelVersion) -> Path:
+        return self.version_dir(name, version.version) / version.weights.file
+
+    def checksum_status(self, name: str, version: ModelVersion) -> ChecksumStatus:
+        path = self.weights_path(name, version)
+        if not path.is_file():
+            return "missing"
+        return "ok" if sha256_file(path) == version.weights.sha256 else "mismatch"
+
+    def iter_versions(self) -> Iterator[tuple[ModelManifest, ModelVersion]]:
+        for manifest in self.models.values():
+            for version in manifest.versions:
+                yield manifest, version
+
+    def verify(self, name: str, version: ModelVersion) -> Path:
+        """Return the weights path, or raise if the file is missing or its checksum differs."""
+        status = self.checksum_status(name, version)
+        path = self.weights_path(name, version)
+        if status == "missing":
+            raise ModelLoadError(
+                f"{name} version {version.version}: weights file {path} is missing"
+                " (run `medserve build-weights` for demo weights)"
+            )
+        if status == "mismatch":
+            raise ModelLoadError(
+                f"{name} version {version.version}: {path} does not match the manifest sha256"
+            )
+        return path
+
+    def check(self) -> None:
+        """Raise on the first manifest or weights problem."""
+        for manifest, version in self.iter_versions():
+            self.verify(manifest.name, version)
+
+
+def load_manifest(path: Path) -> ModelManifest:
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{path}: a manifest must be a YAML mapping")
+    try:
+        manifest = ModelManifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ModelLoadError(f"{path}: {_describe(exc)}") from None
+    if manifest.name != path.parent.name:
+        raise ModelLoadError(
+            f"{path}: name {manifest.name!r} differs from its folder {path.parent.name!r}"
+        )
+    return manifest
+
+
+def load_repository(root: Path = DEFAULT_REPO) -> Repository:
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise ModelLoadError(f"model repository {root} does not exist")
+    models = {}
+    for path in sorted(root.glob(f"*/{MANIFEST}")):
+        manifest = load_manifest(path)
+        models[manifest.name] = manifest
+    if not models:
+        raise ModelLoadError(f"model repository {root} holds no */{MANIFEST}")
+    return Repository(root=root, models=models)
+
+
+def load_cluster_config(path: Path | None = DEFAULT_CLUSTER_CONFIG) -> ClusterConfig:
+    """Read the cluster config; a missing default file means all defaults."""
+    if path is None or (path == DEFAULT_CLUSTER_CONFIG and not path.exists()):
+        return ClusterConfig()
+    raw = _read_yaml(Path(path)) or {}
+    try:
+        return ClusterConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ModelLoadError(f"{path}: {_describe(exc)}") from None
