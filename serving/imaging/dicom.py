@@ -55,11 +55,16 @@ def _read(data: bytes, where: str) -> Dataset:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return dcmread(BytesIO(data), force=False)
+            ds = dcmread(BytesIO(data), force=False)
     except InvalidDicomError:
         raise InvalidInput(f"{where}not a DICOM file") from None
     except Exception:
         raise InvalidInput(f"{where}DICOM file could not be parsed") from None
+    # A bare 'DICM' preamble parses as an empty dataset: without a transfer syntax in the
+    # file meta it is not a Part 10 file, and pydicom would only be guessing its encoding.
+    if not getattr(ds, "file_meta", None) or not ds.file_meta.get("TransferSyntaxUID"):
+        raise InvalidInput(f"{where}not a DICOM file")
+    return ds
 
 
 def _check_instance(ds: Dataset, accepted: Sequence[str], where: str) -> None:
@@ -91,9 +96,7 @@ def _check_instance(ds: Dataset, accepted: Sequence[str], where: str) -> None:
 
 def _pixels(ds: Dataset, where: str) -> np.ndarray:
     """Decode stored values, telling 'no decoder here' (415) apart from 'broken data' (400)."""
-    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if not ts:
-        raise InvalidInput(f"{where}DICOM file has no transfer syntax")
+    ts = ds.file_meta.TransferSyntaxUID  # presence checked by _read
     try:
         available = get_decoder(ts).is_available
     except Exception:
@@ -201,7 +204,7 @@ class Volume:
     """A CT series on one regular grid, with the geometry needed to report findings in mm."""
 
     hu: np.ndarray  # float32 [X, Y, Z] = (column, row, slice) order
-    affine: np.ndarray  # 4x4 voxel (i=column, j=row, k=slice) -> DICOM patient coordinates (LPS, mm)
+    affine: np.ndarray  # 4x4 voxel (i=column, j=row, k=slice) -> patient coordinates (LPS, mm)
 
 
 def _geometry(ds: Dataset, where: str) -> tuple[str, tuple[int, int], np.ndarray, np.ndarray]:
