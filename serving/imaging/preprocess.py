@@ -42,16 +42,21 @@ class RadiographPreprocessor:
             raise ValueError("std must be positive")
         self.spatial_size = tuple(int(s) for s in spatial_size)
         self.mean, self.std = float(mean), float(std)
-        # Gaussian anti-aliasing before bilinear sampling: downsizing a 3000 px radiograph
-        # to 224 px with plain bilinear would alias fine texture into the input.
-        self._resize = Resize(self.spatial_size, mode="bilinear", anti_aliasing=True)
+        self._upsample = Resize(self.spatial_size, mode="bilinear")
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if image.ndim != 2 or min(image.shape) < 1:
             raise InvalidInput("expected a single 2D greyscale image")
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-        resized = _to_numpy(self._resize(tensor))
-        return ((resized - self.mean) / self.std).astype(np.float32)
+        # Shrink with "area" (a box filter, so fine texture in a 3000 px radiograph does not
+        # alias), then grow any axis still short with bilinear. MONAI's own anti_aliasing
+        # option smooths with zero padding and darkens the image border, so it is not used.
+        shrunk = tuple(min(n, m) for n, m in zip(image.shape, self.spatial_size, strict=True))
+        if shrunk != image.shape:
+            tensor = Resize(shrunk, mode="area")(tensor)
+        if shrunk != self.spatial_size:
+            tensor = self._upsample(tensor)
+        return ((_to_numpy(tensor) - self.mean) / self.std).astype(np.float32)
 
 
 class CTPreprocessor:

@@ -13,7 +13,7 @@ from serving.imaging.preprocess import CTPreprocessor, RadiographPreprocessor
 # --- radiographs ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [(512, 400), (100, 120), (224, 224)])
+@pytest.mark.parametrize("shape", [(512, 400), (100, 120), (224, 224), (600, 90)])
 def test_radiograph_shape_and_normalisation(shape: tuple[int, int]) -> None:
     mean, std, value = 0.45, 0.22, 0.7
     pre = RadiographPreprocessor(mean=mean, std=std)

@@ -1,0 +1,82 @@
+"""The generated Serve config and the CLI, without starting Ray."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+from ray.serve.schema import ServeDeploySchema
+from typer.testing import CliRunner
+
+from serving.app import GATEWAY, deployment_name, deployment_options, serve_config
+from serving.cli import app
+from serving.repository import load_repository
+from tests.conftest import MODEL_REPO, ROOT
+
+runner = CliRunner()
+
+
+def test_serve_config_is_valid_for_ray_and_follows_the_manifests() -> None:
+    doc = serve_config(str(MODEL_REPO), None, "local")
+    schema = ServeDeploySchema.model_validate(doc)
+    application = schema.applications[0]
+    assert application.import_path == "serving.app:build_app"
+    names = {d.name for d in application.deployments}
+    repo = load_repository(MODEL_REPO)
+    expected = {deployment_name(m.name, v.version) for m, v in repo.iter_versions()} | {GATEWAY}
+    assert names == expected
+    cxr = repo.manifest("cxr-triage")
+    entry = next(d for d in doc["applications"][0]["deployments"]
+                 if d["name"] == deployment_name("cxr-triage", cxr.served_version))
+    assert entry["max_ongoing_requests"] == cxr.scaling.max_ongoing_requests
+    assert entry["ray_actor_options"]["num_cpus"] == cxr.resources.cpus
+
+
+def test_gpu_fraction_comes_from_the_manifest_only_where_gpus_are_used() -> None:
+    ct = load_repository(MODEL_REPO).manifest("lung-nodule-ct")
+    assert deployment_options(ct, gpu=True)["ray_actor_options"]["num_gpus"] == ct.resources.gpus
+    assert deployment_options(ct, gpu=False)["ray_actor_options"]["num_gpus"] == 0
+    k8s = serve_config(str(MODEL_REPO), None, "k8s")
+    assert k8s["applications"][0]["args"]["device"] == "cuda"
+    assert k8s["http_options"]["host"] == "0.0.0.0"
+
+
+def test_autoscaling_bounds_come_from_the_manifest() -> None:
+    cxr = load_repository(MODEL_REPO).manifest("cxr-triage")
+    opts = deployment_options(cxr, gpu=False)
+    assert opts["autoscaling_config"]["min_replicas"] == cxr.scaling.min_replicas
+    assert opts["autoscaling_config"]["max_replicas"] == cxr.scaling.max_replicas
+
+
+def test_cli_models_lists_and_checks(tmp_path: Path) -> None:
+    listed = runner.invoke(app, ["models", "--repo", str(MODEL_REPO)])
+    assert listed.exit_code == 0
+    assert "cxr-triage" in listed.output and "ok" in listed.output
+    ok = runner.invoke(app, ["models", "check", "--repo", str(MODEL_REPO)])
+    assert ok.exit_code == 0, ok.output
+
+    broken = tmp_path / "repo"
+    shutil.copytree(MODEL_REPO, broken)
+    (broken / "lung-nodule-ct" / "1" / "model.safetensors").write_bytes(b"tampered")
+    bad = runner.invoke(app, ["models", "check", "--repo", str(broken)])
+    assert bad.exit_code == 1
+    assert "lung-nodule-ct" in bad.output and "does not match" in bad.output
+    listed = runner.invoke(app, ["models", "--repo", str(broken)])
+    assert "mismatch" in listed.output
+
+
+def test_cli_build_config_writes_what_serve_deploy_reads(tmp_path: Path) -> None:
+    out = tmp_path / "serve.yaml"
+    result = runner.invoke(app, ["build-config", "--out", str(out), "--repo", str(MODEL_REPO),
+                                 "--config", str(ROOT / "medserve.yaml")])
+    assert result.exit_code == 0, result.output
+    assert out.read_text().startswith("# Generated")
+    doc = yaml.safe_load(out.read_text())
+    assert ServeDeploySchema.model_validate(doc).applications[0].args["model_repo"]
+
+
+def test_serve_refuses_non_loopback_without_auth() -> None:
+    result = runner.invoke(app, ["serve", "--host", "0.0.0.0", "--repo", str(MODEL_REPO)])
+    assert result.exit_code == 1
+    assert "refusing to bind" in result.output
