@@ -111,7 +111,8 @@ def make_radiograph(
 
     MONOCHROME1 stores inverted values (and a mirrored window centre), so both
     photometric interpretations of the same ``seed`` look the same once displayed.
-    ``window`` is (centre, width) in MONOCHROME2 stored-value terms.
+    ``window`` is (centre, width) in MONOCHROME2 stored-value terms. DX and CR get their own
+    SOP classes; any other modality (for wrong-modality tests) is Secondary Capture.
     """
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ValueError("photometric must be MONOCHROME1 or MONOCHROME2")

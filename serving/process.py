@@ -1,0 +1,94 @@
+"""Run `medserve serve` as a child process: used by the tests, benchmarks and load tests.
+
+The server gets its own process session so that it, and every Ray process it starts, can be
+stopped by process id even if a graceful shutdown hangs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+READY_PATH = "/v2/health/ready"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host_port(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout_s: float = 420.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"medserve exited with {self.proc.returncode}; see {self.log}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + READY_PATH, timeout=5).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"medserve not ready within {timeout_s:g} s; see {self.log}")
+            time.sleep(0.5)  # readiness polling interval
+
+    def stop(self, grace_s: float = 90.0) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=grace_s)
+        # Ray's helper processes share the server's session: end any that outlived it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+def start_server(*extra_args: str, log: Path, cwd: Path | None = None) -> ServerProcess:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # A short private temp dir: Ray keeps its session logs there, and its unix socket paths
+    # must stay under the 107-character limit.
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ms-", dir="/tmp")
+    cmd = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), *extra_args]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
+    return ServerProcess(proc, port, log)
+
+
+@contextlib.contextmanager
+def running_server(*extra_args: str, log: Path, cwd: Path | None = None) -> Iterator[ServerProcess]:
+    server = start_server(*extra_args, log=log, cwd=cwd)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
