@@ -14,13 +14,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+# As in a Serve replica (Ray sets OMP_NUM_THREADS to the actor's CPUs), before torch loads
+# OpenMP: only the backend's inference thread sets its own thread count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
-import torch
 import tritonclient.http.aio as aioclient
 from rich.console import Console
 from rich.table import Table
@@ -43,21 +47,25 @@ def raw(seconds: float) -> dict[str, float]:
     repo = load_repository(ROOT / "model_repo")
     m = repo.manifest(MODEL)
     v = m.version(m.served_version)
-    torch.set_num_threads(m.resources.threads or max(1, math.ceil(m.resources.cpus)))
-    backend = TorchBackend(m, v, repo.verify(MODEL, v), "cpu")
+    threads = m.resources.threads or max(1, math.ceil(m.resources.cpus))
+    backend = TorchBackend(m, v, repo.verify(MODEL, v), "cpu", threads)
     batch = m.batching.max_batch_size
     x1 = np.random.default_rng(0).standard_normal((1, 1, 224, 224)).astype(np.float32)
     xb = np.repeat(x1, batch, axis=0)
-    backend.run_sync([xb])  # warm-up
+
+    def run(x: np.ndarray) -> None:  # the replica's own path: the backend's inference thread
+        asyncio.run(backend.run([x]))
+
+    run(xb)  # warm-up
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        backend.run_sync([xb])
+        run(xb)
         done += batch
     throughput = done / (time.perf_counter() - start)
     lat = []
     for _ in range(30):
         t = time.perf_counter()
-        backend.run_sync([x1])
+        run(x1)
         lat.append(time.perf_counter() - t)
     return {"throughput": throughput, "p50_ms": statistics.median(lat) * 1e3, "batch": batch}
 

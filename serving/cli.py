@@ -172,6 +172,9 @@ def serve_cmd(
         raise _fail(exc.message) from None
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray lowers worker priority (nice 15) by default; here the workers are the model replicas
+    # and the gateway, the very processes whose latency we serve.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     import ray
     from ray import serve
 
@@ -183,6 +186,9 @@ def serve_cmd(
         include_dashboard=False,
         _metrics_export_port=metrics_port or cluster.ray.metrics_export_port,
         logging_level="WARNING",
+        # Replica and access logs stay in Ray's session log files; shipping every line to this
+        # process costs CPU on the request path.
+        log_to_driver=False,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +12,27 @@ from monai.inferers import SlidingWindowInferer
 
 from serving.backends import check_outputs
 from serving.config import CTPreprocessing, ModelManifest, ModelVersion
-from serving.networks import load_network
+from serving.networks import freeze_for_inference, load_network
 
 
 class TorchBackend:
-    def __init__(self, manifest: ModelManifest, version: ModelVersion, path: Path, device: str):
+    def __init__(
+        self, manifest: ModelManifest, version: ModelVersion, path: Path, device: str,
+        threads: int = 1,
+    ) -> None:
         self.device = device
+        # One inference thread per replica, the only thread that runs large torch kernels.
+        # OpenMP's thread count is per calling thread (Ray sets OMP_NUM_THREADS to the actor's
+        # CPUs for the others), so it is set in that thread itself. Measured here: a second
+        # multi-threaded OpenMP team in the same process halves throughput on 2 cores.
+        self.executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="torch", initializer=torch.set_num_threads,
+            initargs=(threads,),
+        )
         self.max_batch_size = manifest.batching.max_batch_size
-        self.net = load_network(manifest.architecture, version.weights, path, device)
         pre = manifest.preprocessing
+        net = load_network(manifest.architecture, version.weights, path, device)
+        self.net = freeze_for_inference(net, self._example(manifest).to(device))
         self.inferer = (
             SlidingWindowInferer(
                 roi_size=pre.roi_size, sw_batch_size=pre.sw_batch_size, overlap=pre.overlap,
@@ -29,13 +42,23 @@ class TorchBackend:
             else None
         )
 
+    @staticmethod
+    def _example(manifest: ModelManifest) -> torch.Tensor:
+        """An input of the shape the network sees: one image, or one sliding window."""
+        pre = manifest.preprocessing
+        if isinstance(pre, CTPreprocessing):
+            return torch.zeros(1, 1, *pre.roi_size)
+        return torch.zeros([1 if d == -1 else d for d in manifest.inputs[0].shape])
+
     def ready(self) -> bool:
         return True
 
     async def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        # A worker thread keeps the replica's event loop free to accept (and batch) requests
+        # The worker thread keeps the replica's event loop free to accept (and batch) requests
         # while torch computes; torch releases the GIL inside its kernels.
-        return check_outputs(inputs, await asyncio.to_thread(self.run_sync, inputs))
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self.executor, self.run_sync, inputs)
+        return check_outputs(inputs, outputs)
 
     @torch.inference_mode()
     def run_sync(self, inputs: list[np.ndarray]) -> list[np.ndarray]:

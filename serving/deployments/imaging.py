@@ -39,8 +39,8 @@ class ImagingModel:
         v = self.manifest.version(version)
         path = repo.verify(model, v)
         res = self.manifest.resources
-        torch.set_num_threads(res.threads or max(1, math.ceil(res.cpus)))
-        self.backend: Backend = TorchBackend(self.manifest, v, path, _device())
+        threads = res.threads or max(1, math.ceil(res.cpus))
+        self.backend: Backend = TorchBackend(self.manifest, v, path, _device(), threads)
         self.pipeline = make_pipeline(self.manifest)
         self._batched.set_max_batch_size(self.manifest.batching.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.manifest.batching.batch_wait_timeout_ms / 1e3)
