@@ -92,10 +92,10 @@ def build_app(args: dict[str, Any]) -> Application:
     handles = {}
     for manifest, version in repo.iter_versions():
         name = deployment_name(manifest.name, version.version)
-        handles[handle_key(manifest.name, version.version)] = ImagingModel.options(
+        handles[handle_key(manifest.name, version.version)] = ImagingModel.options(  # type: ignore[attr-defined]
             name=name, **deployment_options(manifest, gpu)
         ).bind(str(repo.root), manifest.name, version.version)
-    gateway = Gateway.options(name=GATEWAY, **gateway_options(config))
+    gateway = Gateway.options(name=GATEWAY, **gateway_options(config))  # type: ignore[attr-defined]
     return gateway.bind(str(repo.root), config.model_dump(mode="json"), handles)
 
 

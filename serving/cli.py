@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import signal
 import sys
@@ -185,7 +186,7 @@ def serve_cmd(
         num_cpus=num_cpus or cluster.ray.num_cpus or os.cpu_count(),
         include_dashboard=False,
         _metrics_export_port=metrics_port or cluster.ray.metrics_export_port,
-        logging_level="WARNING",
+        logging_level=logging.WARNING,
         # Replica and access logs stay in Ray's session log files; shipping every line to this
         # process costs CPU on the request path.
         log_to_driver=False,
@@ -203,8 +204,11 @@ def serve_cmd(
             }
         )
         run(
-            AppArgs(model_repo=str(repository.root),
-                    config=str(config) if config.exists() else None),
+            AppArgs(
+                model_repo=str(repository.root),
+                config=str(config) if config.exists() else None,
+                device=None,
+            ),
             cluster,
         )
         console.print(f"Medserve ready on http://{host}:{port} (docs at /docs)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,24 +63,28 @@ class CenterNetDetector(nn.Module):
         return torch.cat([heat, diameter], dim=1)
 
 
+def _param(arch: Architecture, key: str, default: Any) -> Any:
+    return arch.params.get(key, default)
+
+
 def build_backbone(arch: Architecture) -> nn.Module:
-    p = dict(arch.params)
     if arch.name == "densenet121":
         return DenseNet121(
-            spatial_dims=int(p.get("spatial_dims", 2)),
-            in_channels=int(p.get("in_channels", 1)),
-            out_channels=int(p["out_channels"]),
+            spatial_dims=int(_param(arch, "spatial_dims", 2)),
+            in_channels=int(_param(arch, "in_channels", 1)),
+            out_channels=int(_param(arch, "out_channels", 14)),
         )
-    channels = p.get("channels", [8, 16, 32])
-    strides = p.get("strides", [2, 2])
-    assert isinstance(channels, list) and isinstance(strides, list)
-    return NoduleCenterNet(channels, strides, int(p.get("num_res_units", 1)))
+    return NoduleCenterNet(
+        list(_param(arch, "channels", [8, 16, 32])),
+        list(_param(arch, "strides", [2, 2])),
+        int(_param(arch, "num_res_units", 1)),
+    )
 
 
 def wrap(arch: Architecture, backbone: nn.Module) -> nn.Module:
     if arch.name == "densenet121":
         return Classifier(backbone)
-    return CenterNetDetector(backbone, float(arch.params.get("diameter_scale_mm", 8.0)))
+    return CenterNetDetector(backbone, float(_param(arch, "diameter_scale_mm", 8.0)))
 
 
 # Detection heads start at a low prior probability of "nodule here" (RetinaNet/CenterNet
@@ -129,6 +134,7 @@ def load_network(arch: Architecture, weights: Weights, path: Path, device: str) 
             backbone: nn.Module = torch.jit.load(str(path), map_location=device)
         else:
             backbone = build_backbone(arch)
+            state: Any
             if weights.format == "safetensors":
                 state = load_file(str(path), device="cpu")
             else:

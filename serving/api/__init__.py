@@ -29,7 +29,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.state.gateway = gateway
 
     @app.middleware("http")
-    async def request_id(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def request_id(request: Request, call_next):
         # Serve's proxy assigns the id and returns it as the X-Request-ID header; the body and
         # the audit trail use the same one.
         request.state.request_id = _get_serve_request_context().request_id or uuid.uuid4().hex

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncGenerator
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from serving.config import Limits
-from serving.errors import InvalidInput, PayloadTooLarge
+from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from serving.imaging.dicom import unzip_series
 
 
@@ -36,7 +37,24 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _replay(body: bytes) -> AsyncIterator[bytes]:
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo `Content-Encoding: gzip | deflate` (tritonclient's request compression), bounded."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise UnsupportedMediaType("unsupported Content-Encoding; use gzip or deflate")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        raise InvalidInput(f"body is not valid {encoding} data") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed request body over the {limit} byte limit")
+    return out
+
+
+async def _replay(body: bytes) -> AsyncGenerator[bytes, None]:
     yield body
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
 import serving
-from serving.api.body import read_body
+from serving.api.body import decompress, read_body
 from serving.config import TensorSpec
 from serving.errors import InvalidInput, Unavailable
 from serving.protocol.oip import (
@@ -59,7 +59,7 @@ class Readiness(BaseModel):
 
 
 def _gateway(request: Request) -> Gateway:
-    return request.app.state.gateway  # type: ignore[no-any-return]
+    return request.app.state.gateway
 
 
 @router.get("/v2/health/live", response_model=Liveness)
@@ -99,6 +99,26 @@ async def model_metadata(request: Request, model: str, version: str | None = Non
     )
 
 
+@router.get("/v2/models/{model}/config", responses={404: {}})
+@router.get("/v2/models/{model}/versions/{version}/config", responses={404: {}})
+async def model_config(request: Request, model: str, version: str | None = None) -> dict[str, Any]:
+    """Triton's model configuration extension (`tritonclient`'s get_model_config)."""
+    m = _gateway(request).resolve(model, version).manifest
+    batched = m.inputs[0].shape[0] == -1  # Triton leaves the batch dimension out of dims
+
+    def tensor(spec: TensorSpec) -> dict[str, Any]:
+        dims = spec.shape[1:] if batched else spec.shape
+        return {"name": spec.name, "data_type": f"TYPE_{spec.datatype}", "dims": dims}
+
+    return {
+        "name": m.name,
+        "platform": m.backend,
+        "max_batch_size": m.batching.max_batch_size if batched else 0,
+        "input": [tensor(t) for t in m.inputs],
+        "output": [tensor(t) for t in m.outputs],
+    }
+
+
 @router.get("/v2/models/{model}/ready", response_model=Readiness, responses={404: {}, 503: {}})
 @router.get("/v2/models/{model}/versions/{version}/ready", response_model=Readiness,
             responses={404: {}, 503: {}})
@@ -119,7 +139,10 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     raw_length = request.headers.get(HEADER_LENGTH)
     if raw_length is not None and not raw_length.isdigit():
         raise InvalidInput(f"{HEADER_LENGTH} is not a non-negative integer")
-    body = await read_body(request, gw.config.limits.max_tensor_bytes)
+    limit = gw.config.limits.max_tensor_bytes
+    body = decompress(
+        await read_body(request, limit), request.headers.get("content-encoding"), limit
+    )
     parsed = parse_infer_request(body, int(raw_length) if raw_length is not None else None)
     validate_inputs(parsed.inputs, target.manifest.inputs)
     outputs = await gw.call(target, "infer", parsed.inputs)

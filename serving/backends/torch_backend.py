@@ -76,4 +76,5 @@ class TorchBackend:
     def _forward(self, x: np.ndarray, *, sliding: bool) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
         y = self.inferer(t, self.net) if sliding and self.inferer else self.net(t)
+        assert isinstance(y, torch.Tensor)
         return y.float().cpu().numpy()

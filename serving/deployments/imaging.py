@@ -42,8 +42,11 @@ class ImagingModel:
         threads = res.threads or max(1, math.ceil(res.cpus))
         self.backend: Backend = TorchBackend(self.manifest, v, path, _device(), threads)
         self.pipeline = make_pipeline(self.manifest)
-        self._batched.set_max_batch_size(self.manifest.batching.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(self.manifest.batching.batch_wait_timeout_ms / 1e3)
+        batching = self.manifest.batching
+        self._batched.set_max_batch_size(batching.max_batch_size)  # type: ignore[attr-defined]
+        self._batched.set_batch_wait_timeout_s(  # type: ignore[attr-defined]
+            batching.batch_wait_timeout_ms / 1e3
+        )
         log.info("loaded %s version %s on %s", model, version, _device())
 
     def ready(self) -> bool:

@@ -181,9 +181,10 @@ def decode_png(data: bytes) -> np.ndarray:
             img.load()
             mode = img.mode
             if mode in ("P", "PA", "CMYK", "YCbCr"):
-                img = img.convert("RGB")
+                arr = np.asarray(img.convert("RGB"))
                 mode = "RGB"
-            arr = np.asarray(img)
+            else:
+                arr = np.asarray(img)
     except (InvalidInput, PayloadTooLarge):
         raise
     except Image.DecompressionBombError:

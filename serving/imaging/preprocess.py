@@ -96,7 +96,10 @@ class CTPreprocessor:
             meta={"space": SpaceKeys.LPS},
         )
         resampled = self._spacing(image)
+        assert isinstance(resampled, MetaTensor)
         # The output affine is MONAI's: it keeps each axis direction and the origin voxel
         # centre and only rescales the columns, so it must be read back, not recomputed.
         affine = resampled.affine.detach().cpu().numpy().astype(np.float64)
-        return _to_numpy(self._window(resampled)), affine
+        windowed = self._window(resampled)
+        assert isinstance(windowed, torch.Tensor)
+        return _to_numpy(windowed), affine

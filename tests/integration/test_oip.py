@@ -121,3 +121,26 @@ def test_ct_volume_infer(client) -> None:
     assert heat.shape == (1, 2, 40, 40, 24)
     assert heat[:, 0].min() >= 0.0 and heat[:, 0].max() <= 1.0
     assert (heat[:, 1] > 0).all()  # diameters are positive millimetres
+
+
+def test_model_config_extension(client) -> None:
+    config = client.get_model_config("cxr-triage")
+    assert config["max_batch_size"] == 8
+    assert config["input"] == [{"name": "image", "data_type": "TYPE_FP32", "dims": [1, 224, 224]}]
+    ct = client.get_model_config("lung-nodule-ct")
+    assert ct["max_batch_size"] == 0 and ct["input"][0]["dims"] == [1, 1, -1, -1, -1]
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests(client, reference_cxr, algorithm: str) -> None:
+    x = np.random.default_rng(9).standard_normal((1, 1, 224, 224)).astype(np.float32)
+    inp = httpclient.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer("cxr-triage", [inp], request_compression_algorithm=algorithm)
+    np.testing.assert_allclose(result.as_numpy("probabilities"), reference_cxr(x), atol=1e-4)
+
+
+def test_unknown_content_encoding_is_415(server: Server) -> None:
+    r = httpx.post(f"{server.url}/v2/models/cxr-triage/infer", content=b"{}",
+                   headers={"Content-Encoding": "br"}, timeout=30)
+    assert r.status_code == 415
