@@ -5,10 +5,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# checkov pins many packages: it gets its own virtualenv so it cannot change the project's.
+TOOLS := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup weights serve test lint bench clean
+.PHONY: setup tools prometheus weights serve test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +23,25 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+$(TOOLS_STAMP):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q --upgrade pip
+	$(TOOLS)/bin/python -m pip install -q checkov==3.3.30
+	touch $(TOOLS_STAMP)
+
+tools: $(TOOLS_STAMP)
+
+# Debian's prometheus package gives `prometheus` and `promtool` for the observability tests.
+# Installed once, as root (CI); elsewhere those tests skip unless MEDSERVE_REQUIRE_PROMETHEUS=1.
+prometheus:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    log=$$(mktemp); \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends prometheus; } >$$log 2>&1 || { cat $$log; exit 1; }; \
+	    rm -f $$log; \
+	  else echo "promtool not found: apt-get install prometheus (as root) for its tests"; fi; }
+
 weights: $(STAMP)
 	$(BIN)/medserve build-weights
 	$(BIN)/medserve models check
@@ -27,15 +49,16 @@ weights: $(STAMP)
 serve: weights
 	$(BIN)/medserve serve --host $(HOST) --port $(PORT)
 
-test: weights
+test: weights tools prometheus
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check serving tests benchmarks
+	$(BIN)/ruff check serving tests benchmarks loadtests
 	$(BIN)/mypy
 
 bench: weights
 	$(BIN)/python benchmarks/imaging.py
+	$(BIN)/python benchmarks/llm.py
 
 clean:
-	rm -rf $(VENV) model_repo/*/*/*.safetensors
+	rm -rf $(VENV) $(TOOLS) model_repo/*/*/*.safetensors model_repo/clinical-llm/*/

@@ -7,6 +7,7 @@ The raw figures are measured before and after the served ones and averaged, beca
 machine is noisy; ratios are what to compare, not absolute numbers.
 
     python benchmarks/imaging.py [--seconds 8] [--url HOST:PORT]
+    python benchmarks/imaging.py --compare-backends   # torch vs triton backend vs Triton direct
 """
 
 from __future__ import annotations
@@ -141,8 +142,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="Duration of each level.")
     parser.add_argument("--url", help="HOST:PORT of a running Medserve (default: start one).")
     parser.add_argument("--concurrency", default="1,2,4,8,16,32")
+    parser.add_argument(
+        "--compare-backends", action="store_true",
+        help="Instead: Medserve torch vs triton backend vs Triton direct (benchmarks/backends.py).",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    if args.compare_backends:
+        from backends import compare  # this script's folder is on sys.path
+
+        compare(ROOT, MODEL, levels, args.seconds, served)
+        return
 
     def measure(url: str) -> None:
         raws = [raw(args.seconds)]

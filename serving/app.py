@@ -17,6 +17,8 @@ from ray.serve import Application
 from serving.config import ClusterConfig, ModelManifest
 from serving.deployments.gateway import Gateway, handle_key
 from serving.deployments.imaging import ImagingModel
+from serving.deployments.llm import LLMModel
+from serving.llm.manifest import LLMManifest
 from serving.repository import load_cluster_config, load_repository
 
 IMPORT_PATH = "serving.app:build_app"
@@ -35,6 +37,9 @@ class AppArgs(BaseModel):
     device: Literal["auto", "cpu", "cuda"] | None = Field(
         None, description="Overrides the cluster config's device."
     )
+    triton_url: str | None = Field(
+        None, description="Triton gRPC host:port for the models whose backend is triton."
+    )
 
 
 def use_gpu(device: str) -> bool:
@@ -51,8 +56,11 @@ def deployment_name(model: str, version: str) -> str:
     return f"{model}-v{version}"
 
 
-def deployment_options(manifest: ModelManifest, gpu: bool) -> dict[str, Any]:
+def deployment_options(manifest: ModelManifest | LLMManifest, gpu: bool) -> dict[str, Any]:
     s, r = manifest.scaling, manifest.resources
+    # A triton-backend replica only forwards batches: the GPU belongs to Triton.
+    if isinstance(manifest, ModelManifest) and manifest.backend == "triton":
+        gpu = False
     opts: dict[str, Any] = {
         "max_ongoing_requests": s.max_ongoing_requests,
         "max_queued_requests": s.max_queued_requests,
@@ -94,7 +102,11 @@ def build_app(args: dict[str, Any]) -> Application:
         name = deployment_name(manifest.name, version.version)
         handles[handle_key(manifest.name, version.version)] = ImagingModel.options(  # type: ignore[attr-defined]
             name=name, **deployment_options(manifest, gpu)
-        ).bind(str(repo.root), manifest.name, version.version)
+        ).bind(str(repo.root), manifest.name, version.version, a.triton_url)
+    for llm in repo.llms.values():  # one deployment per LLM: its served version and adapters
+        handles[handle_key(llm.name, llm.served_version)] = LLMModel.options(  # type: ignore[attr-defined]
+            name=deployment_name(llm.name, llm.served_version), **deployment_options(llm, gpu)
+        ).bind(str(repo.root), llm.name)
     gateway = Gateway.options(name=GATEWAY, **gateway_options(config))  # type: ignore[attr-defined]
     return gateway.bind(str(repo.root), config.model_dump(mode="json"), handles)
 
@@ -111,6 +123,11 @@ def serve_config(
         deployments.append(
             {"name": deployment_name(manifest.name, version.version),
              **deployment_options(manifest, gpu)}
+        )
+    for llm in repo.llms.values():
+        deployments.append(
+            {"name": deployment_name(llm.name, llm.served_version),
+             **deployment_options(llm, gpu)}
         )
     args: dict[str, Any] = {"model_repo": model_repo, "config": config_path}
     if target == "k8s":

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serving.k8s.settings import KubernetesConfig
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -152,7 +154,38 @@ class SLO(Strict):
     )
 
 
+class TritonSettings(Strict):
+    """How Triton serves a model whose `backend` is `triton` (`medserve build-triton`)."""
+
+    max_queue_delay_ms: float | None = Field(
+        None, ge=0,
+        description="Triton's dynamic batcher wait for a fuller batch (default: batching's).",
+    )
+    priority_levels: int = Field(
+        2, ge=0, le=16, description="Dynamic-batching priority levels, 1 most urgent; 0: none."
+    )
+    default_priority_level: int | None = Field(
+        None, ge=1, description="Level of requests that name none (default: the lowest)."
+    )
+    instance_count: int = Field(
+        1, ge=1, description="Model instances per Triton server (instance_group count)."
+    )
+    timeout_s: float = Field(
+        10.0, gt=0, description="Deadline of one call to Triton; past it the request gets 503."
+    )
+
+    @model_validator(mode="after")
+    def _levels(self) -> TritonSettings:
+        level = self.default_priority_level
+        if level is not None and not 1 <= level <= self.priority_levels:
+            raise ValueError("default_priority_level must be between 1 and priority_levels")
+        return self
+
+
 class ModelManifest(Strict):
+    kind: Literal["imaging"] = Field(
+        "imaging", description="Manifest schema; LLM manifests say `kind: llm`."
+    )
     name: str = Field(description="Model name used in every URL.")
     task: Literal["classification", "detection"] = Field(description="What the model outputs.")
     description: str = Field("", description="One line for `medserve models` and metadata.")
@@ -166,6 +199,9 @@ class ModelManifest(Strict):
     outputs: list[TensorSpec] = Field(description="OIP output tensors.")
     preprocessing: Preprocessing
     backend: Literal["torch", "triton"] = Field("torch", description="Inference backend.")
+    triton: TritonSettings = Field(
+        default_factory=TritonSettings, description="Triton settings (backend: triton)."
+    )
     versions: list[ModelVersion] = Field(min_length=1, description="Versions in the repository.")
     default_version: str | None = Field(None, description="Version served when none is pinned.")
     batching: Batching = Field(default_factory=Batching)
@@ -199,6 +235,8 @@ class ModelManifest(Strict):
             raise ValueError("detection models take ct preprocessing")
         if len(self.inputs) != 1 or len(self.outputs) != 1:
             raise ValueError("imaging models have exactly one input and one output tensor")
+        if self.backend == "triton" and not all(v.isdigit() and int(v) > 0 for v in labels):
+            raise ValueError("Triton takes positive integer version labels (backend: triton)")
         return self
 
     @property
@@ -248,3 +286,7 @@ class ClusterConfig(Strict):
         "auto", description="Where models run: the GPU when present (auto), or forced."
     )
     app_name: str = Field("medserve", description="Serve application name.")
+    kubernetes: KubernetesConfig = Field(
+        default_factory=KubernetesConfig,
+        description="KubeRay overlays: node pools, pod sizes, model store (`medserve build-k8s`).",
+    )

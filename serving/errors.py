@@ -13,18 +13,26 @@ class MedserveError(Exception):
 
     status_code: int = 500
     error_type: str = "internal_error"
+    # Why a request was shed (429/503/504): a fixed word for the requests-shed metric.
+    shed_reason: str | None = None
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        if reason is not None:
+            self.shed_reason = reason
 
     def __reduce__(self):  # keep subclasses picklable across Ray actor boundaries
-        return (_rebuild, (type(self), self.message, self.retry_after_s))
+        return (_rebuild, (type(self), self.message, self.retry_after_s, self.shed_reason))
 
 
-def _rebuild(cls: type[MedserveError], message: str, retry_after_s: float | None) -> MedserveError:
-    return cls(message, retry_after_s=retry_after_s)
+def _rebuild(
+    cls: type[MedserveError], message: str, retry_after_s: float | None, reason: str | None
+) -> MedserveError:
+    return cls(message, retry_after_s=retry_after_s, reason=reason)
 
 
 class InvalidInput(MedserveError):
@@ -69,6 +77,7 @@ class ModelNotFound(MedserveError):
 class RateLimited(MedserveError):
     status_code = 429
     error_type = "rate_limit_exceeded"
+    shed_reason = "rate_limited"
 
 
 class Unavailable(MedserveError):
@@ -76,11 +85,13 @@ class Unavailable(MedserveError):
 
     status_code = 503
     error_type = "service_unavailable"
+    shed_reason = "unavailable"
 
 
 class QueueTimeout(MedserveError):
     status_code = 504
     error_type = "timeout"
+    shed_reason = "queue_timeout"
 
 
 class ModelLoadError(MedserveError):

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ class ServerProcess:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    metrics_port: int | None = None  # Ray's metrics export port (Prometheus text), if fixed
 
     @property
     def pid(self) -> int:
@@ -70,23 +71,35 @@ class ServerProcess:
         self.proc.wait()
 
 
-def start_server(*extra_args: str, log: Path, cwd: Path | None = None) -> ServerProcess:
+def start_server(
+    *extra_args: str, log: Path, cwd: Path | None = None, metrics: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> ServerProcess:
+    """Start `medserve serve` on a free port; `metrics` fixes a free metrics export port too;
+    `env` adds variables (e.g. Ray's `RAY_metrics_report_interval_ms`)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    metrics_port = free_port() if metrics else None
+    if metrics_port is not None:
+        extra_args = (*extra_args, "--metrics-port", str(metrics_port))
+    child_env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **(env or {})}
     # A short private temp dir: Ray keeps its session logs there, and its unix socket paths
     # must stay under the 107-character limit.
-    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ms-", dir="/tmp")
+    child_env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ms-", dir="/tmp")
     cmd = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), *extra_args]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env, cwd=cwd,
+            start_new_session=True,
         )
-    return ServerProcess(proc, port, log)
+    return ServerProcess(proc, port, log, metrics_port)
 
 
 @contextlib.contextmanager
-def running_server(*extra_args: str, log: Path, cwd: Path | None = None) -> Iterator[ServerProcess]:
-    server = start_server(*extra_args, log=log, cwd=cwd)
+def running_server(
+    *extra_args: str, log: Path, cwd: Path | None = None, metrics: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[ServerProcess]:
+    server = start_server(*extra_args, log=log, cwd=cwd, metrics=metrics, env=env)
     try:
         server.wait_ready()
         yield server

@@ -9,15 +9,18 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import ValidationError
 
 from serving.config import ClusterConfig, ModelManifest, ModelVersion
 from serving.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from serving.llm.manifest import LLMManifest
 
 MANIFEST = "manifest.yaml"
 DEFAULT_REPO = Path(os.environ.get("MEDSERVE_MODEL_REPO", "model_repo"))
@@ -48,9 +51,20 @@ def _describe(exc: ValidationError) -> str:
 
 
 @dataclass(frozen=True)
+class Checked:
+    """One checksummed file of an LLM: base weights, tokenizer or an adapter."""
+
+    label: str
+    path: Path
+    sha256: str
+    demo_seed: int | None
+
+
+@dataclass(frozen=True)
 class Repository:
     root: Path
-    models: dict[str, ModelManifest]
+    models: dict[str, ModelManifest]  # imaging models
+    llms: dict[str, LLMManifest] = field(default_factory=dict)
 
     def manifest(self, name: str) -> ModelManifest:
         return self.models[name]
@@ -87,18 +101,67 @@ class Repository:
             )
         return path
 
+    def llm_files(self, name: str, version: str | None = None) -> list[Checked]:
+        """Checksummed files of an LLM version (default: served): weights, tokenizer, adapters."""
+        m = self.llms[name]
+        v = m.version(version or m.served_version)
+        base = self.version_dir(name, v.version)
+        files = [Checked(f"{name} {v.version} weights", base / v.weights.file, v.weights.sha256,
+                         v.weights.demo_seed)]
+        if v.tokenizer_sha256 is not None:
+            files.append(Checked(f"{name} {v.version} tokenizer", base / "tokenizer.json",
+                                 v.tokenizer_sha256, None))
+        files += [Checked(f"{name}:{a.name} adapter", base / a.weights.file, a.weights.sha256,
+                          a.weights.demo_seed) for a in m.adapters]
+        return files
+
+    def iter_llm_files(self) -> Iterator[tuple[LLMManifest, str, Checked]]:
+        for m in self.llms.values():
+            for v in m.versions:
+                for f in self.llm_files(m.name, v.version):
+                    yield m, v.version, f
+
+    @staticmethod
+    def file_status(f: Checked) -> ChecksumStatus:
+        if not f.path.is_file():
+            return "missing"
+        return "ok" if sha256_file(f.path) == f.sha256 else "mismatch"
+
+    @classmethod
+    def verify_file(cls, f: Checked) -> Path:
+        status = cls.file_status(f)
+        if status == "missing":
+            raise ModelLoadError(
+                f"{f.label}: {f.path} is missing (run `medserve build-weights` for demo weights)"
+            )
+        if status == "mismatch":
+            raise ModelLoadError(f"{f.label}: {f.path} does not match the manifest sha256")
+        return f.path
+
     def check(self) -> None:
         """Raise on the first manifest or weights problem."""
         for manifest, version in self.iter_versions():
             self.verify(manifest.name, version)
+        for _, _, f in self.iter_llm_files():
+            self.verify_file(f)
 
 
-def load_manifest(path: Path) -> ModelManifest:
+def load_manifest(path: Path) -> ModelManifest | LLMManifest:
+    """Validate a manifest with the schema its `kind` names (imaging when absent)."""
     raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise ModelLoadError(f"{path}: a manifest must be a YAML mapping")
+    kind = raw.get("kind", "imaging")
     try:
-        manifest = ModelManifest.model_validate(raw)
+        manifest: ModelManifest | LLMManifest
+        if kind == "llm":
+            from serving.llm.manifest import LLMManifest
+
+            manifest = LLMManifest.model_validate(raw)
+        elif kind == "imaging":
+            manifest = ModelManifest.model_validate(raw)
+        else:
+            raise ModelLoadError(f"{path}: kind must be imaging or llm")
     except ValidationError as exc:
         raise ModelLoadError(f"{path}: {_describe(exc)}") from None
     if manifest.name != path.parent.name:
@@ -112,13 +175,17 @@ def load_repository(root: Path = DEFAULT_REPO) -> Repository:
     root = Path(root).resolve()
     if not root.is_dir():
         raise ModelLoadError(f"model repository {root} does not exist")
-    models = {}
+    models: dict[str, ModelManifest] = {}
+    llms: dict[str, LLMManifest] = {}
     for path in sorted(root.glob(f"*/{MANIFEST}")):
         manifest = load_manifest(path)
-        models[manifest.name] = manifest
-    if not models:
+        if isinstance(manifest, ModelManifest):
+            models[manifest.name] = manifest
+        else:
+            llms[manifest.name] = manifest
+    if not models and not llms:
         raise ModelLoadError(f"model repository {root} holds no */{MANIFEST}")
-    return Repository(root=root, models=models)
+    return Repository(root=root, models=models, llms=llms)
 
 
 def load_cluster_config(path: Path | None = DEFAULT_CLUSTER_CONFIG) -> ClusterConfig:

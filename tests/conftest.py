@@ -39,6 +39,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         )
     )
     with running_server(
-        "--repo", str(MODEL_REPO), "--config", str(config), log=tmp / "server.log", cwd=ROOT
+        "--repo", str(MODEL_REPO), "--config", str(config), log=tmp / "server.log", cwd=ROOT,
+        # A fixed metrics port for Prometheus; Ray reports every second instead of every 10.
+        metrics=True, env={"RAY_metrics_report_interval_ms": "1000"},
     ) as srv:
         yield srv

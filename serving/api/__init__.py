@@ -9,8 +9,9 @@ from fastapi import FastAPI, Request
 from ray.serve.context import _get_serve_request_context
 
 import serving
-from serving.api import imaging, oip
+from serving.api import imaging, oip, openai
 from serving.api.errors import install_error_handlers
+from serving.api.metrics import install_metrics
 
 if TYPE_CHECKING:
     from serving.deployments.gateway import Gateway
@@ -36,6 +37,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         return await call_next(request)
 
     install_error_handlers(app)
+    install_metrics(app, gateway)  # added last: the outermost middleware times the rest
     app.include_router(oip.router)
     app.include_router(imaging.router)
+    app.include_router(openai.router)
     return app

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from serving.api.metrics import note_error
 from serving.errors import MedserveError
 
 log = logging.getLogger("ray.serve")
@@ -29,7 +30,9 @@ def _is_openai(request: Request) -> bool:
 def error_response(
     request: Request, status: int, message: str, error_type: str,
     retry_after_s: float | None = None, param: str | None = None,
+    shed_reason: str | None = None,
 ) -> JSONResponse:
+    note_error(request, status, error_type, shed_reason)
     headers = {}
     if status in (429, 503) or retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after_s or 1)))
@@ -45,7 +48,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MedserveError)
     async def domain(request: Request, exc: MedserveError) -> JSONResponse:
         return error_response(
-            request, exc.status_code, exc.message, exc.error_type, exc.retry_after_s
+            request, exc.status_code, exc.message, exc.error_type, exc.retry_after_s,
+            shed_reason=exc.shed_reason,
         )
 
     @app.exception_handler(RequestValidationError)

@@ -20,7 +20,7 @@ from serving.protocol.oip import (
 )
 
 if TYPE_CHECKING:
-    from serving.deployments.gateway import Gateway
+    from serving.deployments.gateway import Gateway, LLMTarget, Target
 
 router = APIRouter(tags=["Open Inference Protocol v2"])
 
@@ -70,10 +70,11 @@ async def live() -> Liveness:
 @router.get("/v2/health/ready", response_model=Readiness, responses={503: {}})
 async def ready(request: Request) -> Readiness:
     gw = _gateway(request)
-    targets = [gw.resolve(name) for name in gw.manifests]
+    targets: list[Target | LLMTarget] = [gw.resolve(name) for name in gw.manifests]
+    targets += [gw.resolve_llm(name) for name in gw.llm_manifests]  # the LLMs count too
     states = await asyncio.gather(*(gw.ready(t) for t in targets))
     if not all(states):
-        raise Unavailable("not every model is ready")
+        raise Unavailable("not every model is ready", reason="not_ready")
     return Readiness(ready=True)
 
 
@@ -125,7 +126,7 @@ async def model_config(request: Request, model: str, version: str | None = None)
 async def model_ready(request: Request, model: str, version: str | None = None) -> Readiness:
     gw = _gateway(request)
     if not await gw.ready(gw.resolve(model, version)):
-        raise Unavailable(f"model {model!r} is not ready")
+        raise Unavailable(f"model {model!r} is not ready", reason="not_ready")
     return Readiness(ready=True)
 
 

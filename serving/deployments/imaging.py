@@ -19,7 +19,10 @@ from ray import serve
 
 from serving.backends import Backend
 from serving.backends.torch_backend import TorchBackend
+from serving.backends.triton_backend import TritonBackend
+from serving.errors import ModelLoadError
 from serving.imaging.pipeline import Payload, make_pipeline
+from serving.metrics import ModelMetrics, batch_buckets, latency_buckets
 from serving.repository import load_repository
 
 log = logging.getLogger("ray.serve")
@@ -32,35 +35,49 @@ def _device() -> str:
 
 @serve.deployment
 class ImagingModel:
-    def __init__(self, repo_root: str, model: str, version: str) -> None:
+    def __init__(
+        self, repo_root: str, model: str, version: str, triton_url: str | None = None
+    ) -> None:
         repo = load_repository(Path(repo_root))
         self.manifest = repo.manifest(model)
         self.version = version
         v = self.manifest.version(version)
-        path = repo.verify(model, v)
-        res = self.manifest.resources
-        threads = res.threads or max(1, math.ceil(res.cpus))
-        self.backend: Backend = TorchBackend(self.manifest, v, path, _device(), threads)
+        self.backend: Backend
+        if self.manifest.backend == "triton":
+            if not triton_url:
+                raise ModelLoadError(f"{model}: backend triton needs a Triton URL")
+            self.backend = TritonBackend(self.manifest, v, triton_url)
+        else:
+            res = self.manifest.resources
+            threads = res.threads or max(1, math.ceil(res.cpus))
+            self.backend = TorchBackend(self.manifest, v, repo.verify(model, v), _device(), threads)
         self.pipeline = make_pipeline(self.manifest)
         batching = self.manifest.batching
         self._batched.set_max_batch_size(batching.max_batch_size)  # type: ignore[attr-defined]
         self._batched.set_batch_wait_timeout_s(  # type: ignore[attr-defined]
             batching.batch_wait_timeout_ms / 1e3
         )
+        # Buckets from the whole repository: every process must register identical buckets.
+        models = [*repo.models.values(), *repo.llms.values()]
+        self.metrics = ModelMetrics(
+            model, version, latency_buckets(models), batch_buckets(models)
+        )
+        self.metrics.keep_ready(self.backend.ready)
         log.info("loaded %s version %s on %s", model, version, _device())
 
     def ready(self) -> bool:
         return self.backend.ready()
 
     def check_health(self) -> None:
-        if not self.backend.ready():
-            raise RuntimeError("backend not ready")
+        """Liveness of this replica only. A backend that is not ready (Triton down) shows in
+        `ready` and answers 503; Serve restarting this replica would not bring Triton back."""
 
     async def predict(self, payload: Payload) -> dict[str, Any]:
         """Full pipeline for one study; returns findings and timings in milliseconds."""
         t0 = time.perf_counter()
         x, context = await asyncio.to_thread(self.pipeline.prepare, payload)
         t1 = time.perf_counter()
+        self.metrics.preprocess.observe(t1 - t0)
         y, queue_s, infer_s = await self._batched((x, t1))
         t2 = time.perf_counter()
         findings = self.pipeline.findings(y, context)
@@ -88,4 +105,5 @@ class ImagingModel:
         start = time.perf_counter()
         outputs = await self.backend.run([x for x, _ in items])
         infer_s = time.perf_counter() - start
+        self.metrics.batch([start - queued for _, queued in items], infer_s)
         return [(y, start - queued, infer_s) for (_, queued), y in zip(items, outputs, strict=True)]

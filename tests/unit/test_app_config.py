@@ -25,6 +25,7 @@ def test_serve_config_is_valid_for_ray_and_follows_the_manifests() -> None:
     names = {d.name for d in application.deployments}
     repo = load_repository(MODEL_REPO)
     expected = {deployment_name(m.name, v.version) for m, v in repo.iter_versions()} | {GATEWAY}
+    expected |= {deployment_name(m.name, m.served_version) for m in repo.llms.values()}
     assert names == expected
     cxr = repo.manifest("cxr-triage")
     entry = next(d for d in doc["applications"][0]["deployments"]

@@ -1,0 +1,100 @@
+"""cxr-triage through three paths, in one run on one machine, with the same weights and client:
+
+(a) Medserve, torch backend; (b) Medserve, triton backend (the gateway and an imaging replica
+in front of Triton); (c) Triton called directly. Every path is driven by the same tritonclient
+HTTP (binary OIP) load at each concurrency level, the three taking turns. Triton runs the
+Python-backend build of `medserve build-triton` with as many model instances as the manifest
+allows Medserve replicas (both Medserve paths run that many), and the same torch threads.
+
+Used by `python benchmarks/imaging.py --compare-backends`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from serving.process import running_server
+from serving.repository import load_repository
+from serving.triton.build import build_repository, copy_with_backend
+from serving.triton.server import TritonServer
+
+Row = dict[str, float]
+Load = Callable[[str, int, float], Awaitable[Row]]
+PATHS = ("medserve-torch", "medserve-triton", "triton-direct")
+console = Console()
+
+
+def compare(root: Path, model: str, levels: list[int], seconds: float, load: Load) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-backends-"))
+    source = root / "model_repo"
+    replicas = load_repository(source).manifest(model).scaling.max_replicas
+    # Replicas pinned at the manifest's maximum: an autoscaling step (a replica loading its
+    # model) inside a short measurement would be measured instead of the path.
+    pinned = {"min_replicas": replicas, "max_replicas": replicas}
+    torch_repo = copy_with_backend(source, tmp / "torch", [model], backend="torch",
+                                   scaling=pinned)
+    triton_repo = copy_with_backend(source, tmp / "triton", [model], scaling=pinned,
+                                    triton={"instance_count": replicas})
+    build_repository(load_repository(triton_repo), tmp / "triton-models")
+    results: dict[str, list[Row]] = {p: [] for p in PATHS}
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context((tmp / "tritonserver.log").open("wb"))
+        triton = stack.enter_context(TritonServer(tmp / "triton-models", log=log))
+        triton.start()
+        triton.wait_ready()
+        urls = {"triton-direct": triton.http_url}
+        for path, repo, extra in (("medserve-torch", torch_repo, []),
+                                  ("medserve-triton", triton_repo,
+                                   ["--triton-url", triton.grpc_url])):
+            srv = stack.enter_context(running_server(
+                "--repo", str(repo), *extra, log=tmp / f"{path}.log", cwd=root
+            ))
+            urls[path] = srv.host_port
+        # All three stay up and take turns at each level: this machine's load drifts, and
+        # interleaving spreads the drift over the paths instead of onto one of them.
+        for c in levels:
+            for path in PATHS:
+                results[path].append(asyncio.run(load(urls[path], c, seconds)))
+    report(model, results, replicas)
+
+
+def report(model: str, results: dict[str, list[Row]], instances: int) -> None:
+    table = Table(title=f"{model}: Medserve (torch | triton backend) vs Triton direct, HTTP OIP")
+    for col in ("path", "concurrency", "img/s", "p50 ms", "p99 ms", "errors", "img/s vs direct",
+                "p99 vs direct"):
+        table.add_column(col, justify="right")
+    direct = {r["concurrency"]: r for r in results["triton-direct"]}
+    for path in PATHS:
+        for r in results[path]:
+            d = direct[r["concurrency"]]
+            table.add_row(path, str(r["concurrency"]), f"{r['throughput']:.1f}",
+                          f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", str(r["errors"]),
+                          f"{r['throughput'] / d['throughput']:.2f}",
+                          f"{r['p99_ms'] / d['p99_ms']:.2f}")
+    console.print(table)
+    best = {p: max(results[p], key=lambda r: r["throughput"]) for p in PATHS}
+    peak = best["triton-direct"]
+    for path in PATHS:
+        b = best[path]
+        same = direct[b["concurrency"]]  # p99 compared at the same offered load
+        console.print(
+            f"{path:16} peak {b['throughput']:.1f} img/s at concurrency {b['concurrency']}: "
+            f"x{b['throughput'] / peak['throughput']:.2f} Triton direct's peak; p99 "
+            f"{b['p99_ms']:.0f} ms, x{b['p99_ms'] / same['p99_ms']:.2f} Triton direct's there"
+        )
+    top = max(("medserve-torch", "medserve-triton"), key=lambda p: best[p]["throughput"])
+    b = best[top]
+    met = (b["throughput"] >= peak["throughput"]
+           and b["p99_ms"] <= direct[b["concurrency"]]["p99_ms"])
+    console.print(
+        f"Medserve's best path: {top}. Target (peak >= Triton direct's peak, p99 there <= "
+        f"Triton direct's at that concurrency): {'met' if met else 'NOT met'}. "
+        f"Triton instances = Medserve replicas = {instances}."
+    )

@@ -1,0 +1,165 @@
+"""Locust users: open-loop generators for SLO verdicts, closed-loop users for exploring.
+
+Imported only inside the Locust process (gevent monkey-patches it). An open-loop generator
+owns one model: it walks a precomputed Poisson schedule, sends each request in its own
+greenlet, and fires Locust's request event with the latency from the intended start, so the
+CSV and HTML reports carry the corrected numbers too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import time
+from typing import Any
+
+import gevent
+import gevent.pool
+import requests
+from locust import HttpUser, User, between, task
+
+from loadtests.openloop import InFlight, Record, arrivals, completed, refused
+from loadtests.profiles import ModelPlan, Plan
+from loadtests.workloads import (
+    PRIORITY_HEADER,
+    TENANT_HEADER,
+    Mix,
+    chat_body,
+    imaging_bodies,
+    path_of,
+    sse_data,
+    token_times,
+)
+
+RECORDS: list[Record] = []
+FINISHED: set[str] = set()  # models whose schedule is done and drained
+UNFINISHED = "no answer before the run ended"
+
+
+class Sender:
+    """Sends one request of a model's workload and times it, from its intended start."""
+
+    def __init__(self, name: str, spec: ModelPlan, plan: Plan, seed: int) -> None:
+        self.name, self.spec, self.plan = name, spec, plan
+        self.rng = random.Random(seed)
+        p = plan.profile
+        self.mix = Mix({t.name: t.weight for t in p.tenants}, p.priorities, seed)
+        self.bodies = [] if spec.kind == "chat" else imaging_bodies(spec.kind, p.payloads)
+        self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=p.max_in_flight)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    def request(self) -> tuple[bytes, dict[str, str], str, str]:
+        tenant, priority = self.mix.draw()
+        headers = {PRIORITY_HEADER: priority, TENANT_HEADER: tenant}
+        if self.spec.kind == "chat":
+            body = chat_body(self.name, self.spec.adapters, self.plan.profile.payloads, self.rng)
+            headers["Content-Type"] = "application/json"
+        else:
+            body, headers["Content-Type"] = self.rng.choice(self.bodies)
+        return body, headers, tenant, priority
+
+    def send(self, host: str, t0: float, intended: float, fire: Any) -> Record:
+        body, headers, tenant, priority = self.request()
+        url = host.rstrip("/") + path_of(self.spec.kind, self.name)
+        lag = time.perf_counter() - t0 - intended
+        status, error, ttft, gaps = 0, None, None, []
+        try:
+            with self.session.post(url, data=body, headers=headers, stream=True,
+                                   timeout=self.plan.profile.request_timeout_s) as resp:
+                status = resp.status_code
+                if self.spec.kind == "chat" and resp.ok:
+                    times = token_times([(time.perf_counter(), x) for x in resp.iter_lines()])
+                    ttft = times[0] - t0 - intended if times else None
+                    gaps = [b - a for a, b in itertools.pairwise(times)]
+                else:
+                    resp.content  # noqa: B018 - read the whole reply before stopping the clock
+        except (requests.RequestException, ConnectionError, json.JSONDecodeError) as exc:
+            error = type(exc).__name__
+        done = time.perf_counter() - t0
+        record = completed(self.name, intended, done, status, error, ttft_s=ttft, itl_s=gaps,
+                           priority=priority, tenant=tenant, lag_s=lag)
+        failure = None if record.ok else Exception(error or f"HTTP {status}")
+        fire(request_type="POST", name=self.name, response_time=(done - intended) * 1e3,
+             response_length=len(body), exception=failure, context={"priority": priority})
+        return record
+
+
+class OpenLoopUser(User):
+    """One model's open-loop generator; the locustfile makes one subclass per planned model."""
+
+    abstract = True
+    fixed_count = 1
+    plan: Plan
+    model: str
+
+    @task
+    def generate(self) -> None:
+        if self.model in FINISHED:
+            gevent.sleep(1.0)  # idle until the shape stops the run
+            return
+        spec, profile = self.plan.models[self.model], self.plan.profile
+        shape = profile.shape.build(profile.duration_s, self.plan.diurnal)
+        seed = profile.seed * 1000 + sorted(self.plan.models).index(self.model)
+        sender = Sender(self.model, spec, self.plan, seed)
+        gate = InFlight(profile.max_in_flight)
+        pool = gevent.pool.Group()
+        fire = self.environment.events.request.fire
+        schedule = arrivals(lambda t: spec.rate_rps * shape.multiplier(t),
+                            spec.rate_rps * shape.max_multiplier, profile.duration_s,
+                            random.Random(seed))
+        t0 = time.perf_counter()
+
+        def one(intended: float) -> None:
+            try:
+                RECORDS.append(sender.send(self.host or "", t0, intended, fire))
+            except gevent.GreenletExit:  # still running when the drain time ran out
+                RECORDS.append(Record(self.model, intended, error=UNFINISHED))
+            finally:
+                gate.release()
+
+        for intended in schedule:
+            delay = t0 + intended - time.perf_counter()
+            if delay > 0:
+                gevent.sleep(delay)
+            if gate.try_acquire():
+                pool.spawn(one, intended)
+            else:
+                RECORDS.append(refused(self.model, intended))
+                fire(request_type="POST", name=self.model, response_time=0.0,
+                     response_length=0, exception=Exception("not sent: in-flight cap"))
+        pool.join(timeout=self.plan.drain_s)
+        pool.kill(block=True, timeout=5.0)
+        FINISHED.add(self.model)
+
+
+CLOSED_WAIT_S = (0.5, 2.0)  # think time between a closed-loop user's requests
+
+
+def closed_loop_user(model: str, plan: Plan) -> type[HttpUser]:
+    """A closed-loop user for interactive runs: weight proportional to the model's rate."""
+
+    class Closed(HttpUser):
+        weight = max(1, round(plan.models[model].rate_rps * 100))
+        wait_time = between(*CLOSED_WAIT_S)
+
+        def on_start(self) -> None:
+            self.sender = Sender(model, plan.models[model], plan, seed=random.randrange(1 << 30))
+
+        @task
+        def call(self) -> None:
+            body, headers, _, _ = self.sender.request()
+            chat = self.sender.spec.kind == "chat"
+            path = path_of(self.sender.spec.kind, model)
+            with self.client.post(path, data=body, headers=headers, name=model, stream=chat,
+                                  catch_response=True) as resp:
+                if chat and resp.ok:
+                    try:
+                        list(sse_data(resp.iter_lines()))
+                    except ConnectionError as exc:
+                        resp.failure(str(exc))
+
+    Closed.__name__ = Closed.__qualname__ = f"Closed_{model.replace('-', '_')}"
+    return Closed

@@ -1,0 +1,124 @@
+"""What each workload sends: synthetic DICOM studies and multi-turn clinical chats.
+
+Pure request building (no Locust), so the payloads can be checked in unit tests. Radiographs
+and CT series come from serving.samples (no patient data); sizes are set by the profile
+because full-size studies (2-3k px radiographs, 300-slice CTs) would saturate a 2-core test
+box on upload alone. Chats follow the OpenAI chat-completions contract in DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from loadtests.profiles import Kind, Payloads
+from serving.samples import make_ct_series, make_radiograph, zip_series
+
+PRIORITY_HEADER = "x-priority"
+TENANT_HEADER = "x-tenant-id"
+
+QUESTIONS = (
+    "Summarise the work-up for a 62-year-old smoker with a 9 mm solid lung nodule.",
+    "What follow-up interval does a 5 mm ground-glass nodule need?",
+    "Which staging investigations are usual before treating early colorectal cancer?",
+    "List red flags in a patient with new back pain and a history of prostate cancer.",
+    "How should a raised PSA in a 58-year-old be followed up?",
+    "What does BI-RADS 4 on a screening mammogram mean for the next steps?",
+    "Outline first-line options for suspected community-acquired pneumonia in an adult.",
+    "What should prompt urgent referral for a pigmented skin lesion?",
+)
+FOLLOW_UPS = (
+    "And if the patient has chronic kidney disease?",
+    "What if the lesion has grown on the follow-up scan?",
+    "Which of those can a township health centre do on site?",
+    "Please make that shorter.",
+)
+CANNED_REPLY = "Decision support only: consider guideline-based work-up and specialist review."
+
+
+def kind_of(manifest: Any) -> Kind:
+    """Workload kind from a manifest (duck-typed: LLM manifests have `adapters`)."""
+    if hasattr(manifest, "adapters"):
+        return "chat"
+    return "ct" if getattr(manifest, "task", "") == "detection" else "radiograph"
+
+
+def imaging_bodies(kind: Kind, p: Payloads, variants: int = 4) -> list[tuple[bytes, str]]:
+    """A few distinct studies per model, so caches and identical inputs flatter nothing."""
+    if kind == "radiograph":
+        styles = [("DX", "MONOCHROME2"), ("CR", "MONOCHROME1")]
+        return [
+            (make_radiograph(*styles[i % 2], rows=p.radiograph_px, cols=p.radiograph_px, seed=i),
+             "application/dicom")
+            for i in range(variants)
+        ]
+    return [
+        (zip_series(make_ct_series(slices=p.ct_slices, rows=p.ct_px, cols=p.ct_px, seed=i)),
+         "application/zip")
+        for i in range(variants)
+    ]
+
+
+def chat_body(model: str, adapters: list[str], p: Payloads, rng: random.Random) -> bytes:
+    """One turn of a consultation, with the earlier turns of the conversation as history."""
+    turns = rng.randint(0, p.chat_max_history)
+    messages: list[dict[str, str]] = [{"role": "user", "content": rng.choice(QUESTIONS)}]
+    for _ in range(turns):
+        messages.append({"role": "assistant", "content": CANNED_REPLY})
+        messages.append({"role": "user", "content": rng.choice(FOLLOW_UPS)})
+    name = f"{model}:{rng.choice(adapters)}" if adapters else model
+    return json.dumps({
+        "model": name, "messages": messages, "max_tokens": p.chat_max_tokens,
+        "stream": True, "stream_options": {"include_usage": True},
+    }).encode()
+
+
+def sse_data(lines: Iterable[bytes | str]) -> Iterator[str]:
+    """The `data:` payloads of a server-sent event stream, up to and excluding [DONE]."""
+    for raw in lines:
+        line = raw.decode() if isinstance(raw, bytes) else raw
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        yield data
+    raise ConnectionError("stream ended before data: [DONE]")
+
+
+def has_content(data: str) -> bool:
+    """Does a chat.completion.chunk carry generated text (not just a role or usage)?"""
+    chunk = json.loads(data)
+    return any(c.get("delta", {}).get("content") for c in chunk.get("choices", []))
+
+
+def token_times(stamped: Sequence[tuple[float, bytes | str]]) -> list[float]:
+    """When each chunk with generated text arrived, from (arrival time, line) pairs; raises
+    ConnectionError if the stream did not end with [DONE]."""
+    times = []
+    for when, raw in stamped:
+        line = raw.decode() if isinstance(raw, bytes) else raw
+        data = line[5:].strip() if line.startswith("data:") else ""
+        if data and data != "[DONE]" and has_content(data):
+            times.append(when)
+    list(sse_data(line for _, line in stamped))
+    return times
+
+
+class Mix:
+    """Tenant and priority of each request, drawn by the profile's weights."""
+
+    def __init__(self, tenants: dict[str, float], priorities: dict[str, float], seed: int):
+        self.rng = random.Random(seed)
+        self.tenants, self.tenant_w = list(tenants), list(tenants.values())
+        self.priorities, self.priority_w = list(priorities), list(priorities.values())
+
+    def draw(self) -> tuple[str, str]:
+        tenant = self.rng.choices(self.tenants, self.tenant_w)[0]
+        return tenant, self.rng.choices(self.priorities, self.priority_w)[0]
+
+
+def path_of(kind: Kind, model: str) -> str:
+    return "/v1/chat/completions" if kind == "chat" else f"/v1/imaging/{model}/predict"

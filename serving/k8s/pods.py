@@ -1,0 +1,234 @@
+"""Pod templates of the Ray head and worker groups: delivery of the model repository,
+probes, graceful shutdown and a locked-down security context.
+
+Paths here are a contract with the Dockerfile (the image's /app layout) and with
+`k8s/base` (Secret, ServiceAccount, NetworkPolicy and PodMonitor selectors); the k8s tests
+check both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serving.k8s.settings import KubernetesConfig, Overlay, PodSize, WorkerGroup
+
+APP_LABEL = {"app.kubernetes.io/name": "medserve"}
+SERVICE_ACCOUNT = "medserve"
+TENANTS_SECRET = "medserve-tenants"
+UID = 10001  # above the host's user range, as the Dockerfile's `USER`
+
+IMAGE_MODEL_REPO = "/app/model_repo"  # manifests (with checksums) baked into the image
+IMAGE_CONFIG = "/app/medserve.yaml"
+MODELS_DIR = "/models"  # the pod's model repository: image manifests + delivered weights
+TENANTS_DIR = "/etc/medserve/tenants"
+
+DASHBOARD_PORT = 8265
+AGENT_PORT = 52365  # dashboard agent: serves the raylet health check
+DEFAULT_METRICS_PORT = 8080
+TERMINATION_GRACE_S = 60
+# Time for the Service endpoints and the ingress to stop routing to a terminating pod before
+# Ray stops; then in-flight requests get up to the rest of the grace period.
+PRESTOP_SLEEP_S = 10
+RAY_STOP_GRACE_S = 40
+
+# Skips of checkov checks, with the reason each is accepted (annotations on the pod template,
+# so a platform team's own checkov run sees the same reasons).
+SKIP_IMAGE_DIGEST = (
+    "CKV_K8S_43=images are pinned per overlay with kustomize `images:` at release; the "
+    "generator cannot know the digest of an image built after it runs"
+)
+SKIP_PULL_POLICY = (
+    "CKV_K8S_15=this overlay runs images loaded into the node (kind load docker-image); "
+    "Always would pull them from a registry that does not have them"
+)
+SKIP_HEAD_TOKEN = (
+    "CKV_K8S_38=the KubeRay autoscaler sidecar injected into the head pod scales worker "
+    "groups through the Kubernetes API"
+)
+
+_CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "runAsUser": UID,
+    "runAsGroup": UID,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+_POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": UID,
+    "runAsGroup": UID,
+    "fsGroup": UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def container_security() -> dict[str, Any]:
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in _CONTAINER_SECURITY.items()}
+
+
+def _resources(cpus: int | str, memory: str, gpus: int = 0) -> dict[str, Any]:
+    amounts: dict[str, Any] = {"cpu": str(cpus), "memory": memory}
+    if gpus:
+        amounts["nvidia.com/gpu"] = str(gpus)
+    # Requests equal limits: Guaranteed QoS, and Ray's CPU/GPU counts match what is reserved.
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _volumes(overlay: Overlay) -> list[dict[str, Any]]:
+    return [
+        {"name": "models", "emptyDir": {"sizeLimit": overlay.models_volume_size}},
+        # The root filesystem is read-only: Ray's session directory and HOME live here.
+        {"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}},
+        # Ray's object store is shared memory; the container default of 64 MiB is too small.
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "tenants",
+         "secret": {"secretName": TENANTS_SECRET, "defaultMode": 0o440}},
+    ]
+
+
+def _env(overlay: Overlay) -> list[dict[str, str]]:
+    return [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+        # `medserve models` etc. inside a pod see the delivered repository by default.
+        {"name": "MEDSERVE_MODEL_REPO", "value": MODELS_DIR},
+        {"name": "MEDSERVE_CONFIG", "value": IMAGE_CONFIG},
+        {"name": "MEDSERVE_TENANTS_FILE", "value": f"{TENANTS_DIR}/tenants.yaml"},
+    ]
+
+
+def init_containers(
+    k8s: KubernetesConfig, overlay: Overlay, *, weights: bool
+) -> list[dict[str, Any]]:
+    """Deliver the model repository into the `models` volume and verify every checksum.
+
+    The image's manifests are copied over whatever the store holds, so the checksums checked
+    are the ones this config was generated from; Ray starts only if they all match. Pods that
+    host no model replica (the head, a gateway-only group) get the manifests alone: the
+    application builder and the gateway read manifests, never weights.
+    """
+    mounts = [{"name": "models", "mountPath": MODELS_DIR}, {"name": "tmp", "mountPath": "/tmp"}]
+    stage = f"cp -R {IMAGE_MODEL_REPO}/. {MODELS_DIR}/"
+    if weights and overlay.weights == "build":
+        stage += f" && medserve build-weights --repo {MODELS_DIR}"
+    if weights:
+        stage += f" && medserve models check --repo {MODELS_DIR}"
+    steps = []
+    if weights and overlay.weights == "object-store":
+        steps.append({
+            "name": "fetch-weights",
+            "image": k8s.model_store.fetch_image,
+            "imagePullPolicy": overlay.image_pull_policy,
+            # Credentials come from the ServiceAccount (IRSA / workload identity), not a Secret.
+            "command": ["aws", "s3", "sync", "--only-show-errors", "--no-progress",
+                        f"{k8s.model_store.uri}/", f"{MODELS_DIR}/"],
+            "env": [{"name": "HOME", "value": "/tmp"}],
+            "resources": _resources(1, "1Gi"),
+            "securityContext": container_security(),
+            "volumeMounts": mounts,
+        })
+    steps.append({
+        "name": "stage-models",
+        "image": k8s.image,
+        "imagePullPolicy": overlay.image_pull_policy,
+        "command": ["/bin/sh", "-c", stage],
+        "env": _env(overlay),
+        # Building demo weights loads torch; checking only hashes files.
+        "resources": _resources(1, "4Gi" if weights and overlay.weights == "build" else "1Gi"),
+        "securityContext": container_security(),
+        "volumeMounts": mounts,
+    })
+    return steps
+
+
+def _probe(path: str, port: int, *, period: int, failures: int, delay: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": port}, "initialDelaySeconds": delay,
+            "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures}
+
+
+def ray_container(
+    k8s: KubernetesConfig, overlay: Overlay, size: PodSize, *, head: bool,
+    serve_port: int, metrics_port: int, gpus: int = 0,
+) -> dict[str, Any]:
+    ports = [{"name": "serve", "containerPort": serve_port},
+             {"name": "metrics", "containerPort": metrics_port}]
+    if head:
+        ports = [{"name": "gcs-server", "containerPort": 6379},
+                 {"name": "dashboard", "containerPort": DASHBOARD_PORT},
+                 {"name": "client", "containerPort": 10001}, *ports]
+    # Liveness follows the raylet; readiness the GCS on the head and, on a worker, the Serve
+    # proxy, so only workers that can route requests are behind the serve Service.
+    ready = (_probe("/api/gcs_healthz", DASHBOARD_PORT, period=5, failures=6, delay=10) if head
+             else _probe("/-/healthz", serve_port, period=5, failures=3, delay=10))
+    return {
+        "name": "ray-head" if head else "ray-worker",  # KubeRay takes containers[0] as Ray's
+        "image": k8s.image,
+        "imagePullPolicy": overlay.image_pull_policy,
+        "ports": ports,
+        "env": _env(overlay),
+        "resources": _resources(size.cpus, size.memory, gpus),
+        "securityContext": container_security(),
+        "livenessProbe": _probe("/api/local_raylet_healthz", AGENT_PORT,
+                                period=10, failures=6, delay=30),
+        "readinessProbe": ready,
+        "lifecycle": {"preStop": {"exec": {"command": [
+            "/bin/sh", "-c", f"sleep {PRESTOP_SLEEP_S}; ray stop --grace-period {RAY_STOP_GRACE_S}",
+        ]}}},
+        "volumeMounts": [
+            {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "tenants", "mountPath": TENANTS_DIR, "readOnly": True},
+        ],
+    }
+
+
+def sidecars(overlay: Overlay, group: WorkerGroup | None) -> list[dict[str, Any]]:
+    """Extra containers of a Ray pod; none yet.
+
+    Hook: a Triton server sidecar for GPU groups serving `backend: triton` models belongs
+    here (it would mount the generated Triton model repository from the `models` volume).
+    """
+    return []
+
+
+def pod_template(
+    k8s: KubernetesConfig, overlay: Overlay, group: WorkerGroup | None, *,
+    serve_port: int, metrics_port: int, weights: bool,
+) -> dict[str, Any]:
+    head = group is None
+    size: PodSize = overlay.head if group is None else group
+    skips = [SKIP_IMAGE_DIGEST, *([SKIP_HEAD_TOKEN] if head else [])]
+    if overlay.image_pull_policy != "Always":
+        skips.append(SKIP_PULL_POLICY)
+    spec: dict[str, Any] = {
+        "serviceAccountName": SERVICE_ACCOUNT,
+        "automountServiceAccountToken": head,
+        "enableServiceLinks": False,
+        "securityContext": dict(_POD_SECURITY),
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+        "initContainers": init_containers(k8s, overlay, weights=weights),
+        "containers": [
+            ray_container(k8s, overlay, size, head=head, serve_port=serve_port,
+                          metrics_port=metrics_port, gpus=group.gpus if group else 0),
+            *sidecars(overlay, group),
+        ],
+        "volumes": _volumes(overlay),
+    }
+    if group is not None and group.node_selector:
+        spec["nodeSelector"] = dict(group.node_selector)
+    if group is not None and group.gpus:
+        # GPU node pools are tainted so that only pods asking for GPUs land there.
+        spec["tolerations"] = [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+    component = "ray-head" if head else "ray-worker"
+    return {
+        "metadata": {
+            "labels": {**APP_LABEL, "app.kubernetes.io/component": component},
+            "annotations": {f"checkov.io/skip{i}": s for i, s in enumerate(skips, 1)},
+        },
+        "spec": spec,
+    }

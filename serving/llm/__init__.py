@@ -1,0 +1,1 @@
+"""The clinical LLM: manifest schema, checkpoint build, chat layer and the engines."""

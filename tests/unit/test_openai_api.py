@@ -1,0 +1,39 @@
+"""OpenAI request parsing (no Ray): what the gateway hands the LLM deployment."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from serving.api.openai import ChatCompletionRequest
+
+
+def parse(**kw: object) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "clinical-llm", "messages": [{"role": "user", "content": "hi"}], **kw})
+
+
+def test_defaults_follow_openai_and_stop_becomes_a_list() -> None:
+    r = parse().for_engine()
+    assert r["temperature"] == 1.0 and r["top_p"] == 1.0 and r["max_tokens"] is None
+    assert r["stop"] == [] and parse(stop="END").for_engine()["stop"] == ["END"]
+
+
+def test_developer_role_and_content_parts_become_plain_messages() -> None:
+    r = parse(messages=[
+        {"role": "developer", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+    ], max_completion_tokens=7).for_engine()
+    assert r["messages"] == [{"role": "system", "content": "be brief"},
+                             {"role": "user", "content": "a\nb"}]
+    assert r["max_tokens"] == 7
+
+
+@pytest.mark.parametrize("bad", [
+    {"stop": ["a", "b", "c", "d", "e"]}, {"stop": [""]}, {"n": 2}, {"temperature": -1},
+    {"top_p": 1.5}, {"max_tokens": 0}, {"messages": []}, {"logit_bias": {"1": 5}},
+    {"messages": [{"role": "tool", "content": "x"}]}, {"presence_penalty": 0.5},
+])
+def test_unsupported_or_invalid_parameters_are_rejected(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        parse(**bad)
