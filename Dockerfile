@@ -22,7 +22,9 @@ RUN python3.11 -m venv /opt/venv
 RUN /opt/venv/bin/pip install --no-cache-dir torch==2.13.0
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# Both packages: `medserve loadtest` and `medserve capacity` are commands of the same CLI.
 COPY serving serving
+COPY loadtests loadtests
 RUN /opt/venv/bin/pip install --no-cache-dir .
 
 FROM python

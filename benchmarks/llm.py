@@ -154,13 +154,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--requests-per-stream", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of the baseline")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the baseline (default: the replica's, from the "
+                             "manifest, so both sides get the same cores)")
+    parser.add_argument("--baseline-requests", type=int, default=16,
+                        help="requests of the 16-stream run that the baseline generates")
     args = parser.parse_args()
     works = {n: workload(max(8, n * args.requests_per_stream), args.max_tokens)
              for n in (1, 4, 16)}
 
-    print(f"baseline: generate() one at a time, {len(works[16])} requests ...", flush=True)
-    before = baseline(works[16], args.threads)
+    resources = load_repository(ROOT / "model_repo").llms[MODEL].resources
+    threads = args.threads or resources.threads or max(1, int(resources.cpus))
+    base_work = works[16][: args.baseline_requests]
+    print(f"baseline: generate() one at a time, {len(base_work)} requests, {threads} torch "
+          "thread(s) ...", flush=True)
+    before = baseline(base_work, threads)
     print(f"baseline generate() before serving: {before:.1f} tokens/s", flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-llm-"))
@@ -178,7 +186,7 @@ def main() -> None:
                   f"(cold burst max {r['ttft_cold_max'] * 1e3:5.0f} ms)  "
                   f"ITL p50 {r['itl_p50'] * 1e3:5.1f} ms p99 {r['itl_p99'] * 1e3:6.1f} ms  "
                   f"({int(r['requests'])} requests, {int(r['failed'])} failed)", flush=True)
-    after = baseline(works[16], args.threads)
+    after = baseline(base_work, threads)
     print(f"baseline generate() after serving: {after:.1f} tokens/s", flush=True)
     base = max(before, after)
     ratio = rows[16]["tokens_per_s"] / base

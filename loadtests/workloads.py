@@ -14,9 +14,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from loadtests.profiles import Kind, Payloads
+from serving.metrics import PRIORITY_HEADER as PRIORITY_HEADER  # the server's name for it
 from serving.samples import make_ct_series, make_radiograph, zip_series
 
-PRIORITY_HEADER = "x-priority"
 TENANT_HEADER = "x-tenant-id"
 
 QUESTIONS = (

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,13 +20,18 @@ from serving.deployments.gateway import Gateway, handle_key
 from serving.deployments.imaging import ImagingModel
 from serving.deployments.llm import LLMModel
 from serving.llm.manifest import LLMManifest
-from serving.repository import load_cluster_config, load_repository
+from serving.repository import Repository, load_cluster_config, load_repository
+from serving.traffic import revision, routing
 
 IMPORT_PATH = "serving.app:build_app"
 GATEWAY = "Gateway"
 HEALTH_CHECK_PERIOD_S = 5.0
 HEALTH_CHECK_TIMEOUT_S = 30.0
 GRACEFUL_SHUTDOWN_S = 20.0
+# A rebuild (new version, new weights) starts each replacement before its old replica stops,
+# so no model has zero replicas mid-rollout; if the surge finds no free CPU slot the old
+# replicas simply keep serving until it does. KubeRay overlays size pods for their own surge.
+MAX_SURGE_PERCENT = 100
 
 
 class AppArgs(BaseModel):
@@ -39,6 +45,16 @@ class AppArgs(BaseModel):
     )
     triton_url: str | None = Field(
         None, description="Triton gRPC host:port for the models whose backend is triton."
+    )
+    backends: dict[str, Literal["torch", "triton"]] = Field(
+        default_factory=dict,
+        description="Imaging model -> backend, overriding its manifest's (a KubeRay overlay's "
+        "`backends`: Triton on GPU nodes, the torch backend elsewhere).",
+    )
+    revision: str | None = Field(
+        None,
+        description="Digest of the repository and config (serving.traffic.revision): Serve's "
+        "code version, so a change rebuilds the app while a traffic change does not.",
     )
 
 
@@ -68,6 +84,7 @@ def deployment_options(manifest: ModelManifest | LLMManifest, gpu: bool) -> dict
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
         "health_check_timeout_s": HEALTH_CHECK_TIMEOUT_S,
         "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_S,
+        "max_surge_percent": MAX_SURGE_PERCENT,
     }
     if s.min_replicas == s.max_replicas:
         opts["num_replicas"] = s.min_replicas
@@ -77,24 +94,30 @@ def deployment_options(manifest: ModelManifest | LLMManifest, gpu: bool) -> dict
             "max_replicas": s.max_replicas,
             "initial_replicas": s.initial_replicas,
             "target_ongoing_requests": s.target_ongoing_requests,
+            "upscale_delay_s": s.upscale_delay_s,
+            "downscale_delay_s": s.downscale_delay_s,
+            "look_back_period_s": s.look_back_period_s,
         }
     return opts
 
 
-def gateway_options(config: ClusterConfig) -> dict[str, Any]:
+def gateway_options(config: ClusterConfig, repo: Repository) -> dict[str, Any]:
     g = config.gateway
     return {
         "num_replicas": g.num_replicas,
         "max_ongoing_requests": g.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": g.cpus},
         "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_S,
+        "max_surge_percent": MAX_SURGE_PERCENT,
+        # The traffic split: a change is applied in place by Gateway.reconfigure.
+        "user_config": routing(repo).model_dump(),
     }
 
 
 def build_app(args: dict[str, Any]) -> Application:
     """Serve application builder: one imaging deployment per served version, one gateway."""
     a = AppArgs.model_validate(args)
-    repo = load_repository(Path(a.model_repo))
+    repo = load_repository(Path(a.model_repo)).with_backends(a.backends)
     config = load_cluster_config(Path(a.config) if a.config else None)
     gpu = use_gpu(a.device or config.device)
     handles = {}
@@ -102,23 +125,24 @@ def build_app(args: dict[str, Any]) -> Application:
         name = deployment_name(manifest.name, version.version)
         handles[handle_key(manifest.name, version.version)] = ImagingModel.options(  # type: ignore[attr-defined]
             name=name, **deployment_options(manifest, gpu)
-        ).bind(str(repo.root), manifest.name, version.version, a.triton_url)
+        ).bind(str(repo.root), manifest.name, version.version, a.triton_url, manifest.backend)
     for llm in repo.llms.values():  # one deployment per LLM: its served version and adapters
         handles[handle_key(llm.name, llm.served_version)] = LLMModel.options(  # type: ignore[attr-defined]
             name=deployment_name(llm.name, llm.served_version), **deployment_options(llm, gpu)
         ).bind(str(repo.root), llm.name)
-    gateway = Gateway.options(name=GATEWAY, **gateway_options(config))  # type: ignore[attr-defined]
+    gateway = Gateway.options(name=GATEWAY, **gateway_options(config, repo))  # type: ignore[attr-defined]
     return gateway.bind(str(repo.root), config.model_dump(mode="json"), handles)
 
 
 def serve_config(
-    model_repo: str, config_path: str | None, target: Literal["local", "k8s"] = "local"
+    model_repo: str, config_path: str | None, target: Literal["local", "k8s"] = "local",
+    triton_url: str | None = None, backends: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A `serve deploy` / serveConfigV2 document equivalent to `build_app`'s graph."""
-    repo = load_repository(Path(model_repo))
+    repo = load_repository(Path(model_repo)).with_backends(backends or {})
     config = load_cluster_config(Path(config_path) if config_path else None)
     gpu = target == "k8s" or use_gpu(config.device)
-    deployments = [{"name": GATEWAY, **gateway_options(config)}]
+    deployments = [{"name": GATEWAY, **gateway_options(config, repo)}]
     for manifest, version in repo.iter_versions():
         deployments.append(
             {"name": deployment_name(manifest.name, version.version),
@@ -132,6 +156,11 @@ def serve_config(
     args: dict[str, Any] = {"model_repo": model_repo, "config": config_path}
     if target == "k8s":
         args["device"] = "cuda"
+    if triton_url is not None:
+        args["triton_url"] = triton_url
+    if backends:
+        args["backends"] = dict(backends)
+    args["revision"] = revision(repo, config_path)
     http = config.http
     return {
         "proxy_location": "EveryNode",
@@ -155,6 +184,34 @@ def serve_config(
     }
 
 
-def run(args: AppArgs, config: ClusterConfig) -> None:
-    """Deploy onto the already started Serve instance and wait until it is healthy."""
-    serve.run(build_app(args.model_dump()), name=config.app_name, route_prefix="/")
+def run(args: AppArgs, config: ClusterConfig, timeout_s: float = 900.0) -> None:
+    """Deploy, or re-deploy after a repository change, onto the started Serve instance.
+
+    Goes through Serve's declarative API, the path of `serve deploy` and KubeRay, because
+    only there does Serve compare versions: with the same `revision`, a new traffic split is
+    an in-place `reconfigure` of the gateway and no replica restarts (`serve.run` would give
+    every deployment a fresh random version and roll them all). Returns once the application
+    runs and the gateway routes by the new split.
+    """
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ApplicationStatus, ServeDeploySchema
+
+    doc = serve_config(args.model_repo, args.config, "local", triton_url=args.triton_url)
+    (application,) = doc["applications"]
+    application["name"] = config.app_name
+    client = _get_global_client()
+    assert client is not None, "serve.start() first"
+    client.deploy_apps(ServeDeploySchema.model_validate({"applications": [application]}))
+    expected = next(d for d in application["deployments"] if d["name"] == GATEWAY)["user_config"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(config.app_name)
+        if app is not None and app.status == ApplicationStatus.DEPLOY_FAILED:
+            raise RuntimeError(f"deploying {config.app_name} failed: {app.message}")
+        if app is not None and app.status == ApplicationStatus.RUNNING:
+            handle = serve.get_app_handle(config.app_name).options(method_name="routing")
+            if handle.remote().result(timeout_s=30) == expected:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{config.app_name} not running within {timeout_s:g} s")
+        time.sleep(0.5)  # polling interval of Serve's status

@@ -130,12 +130,48 @@ class Scaling(Strict):
     max_queued_requests: int = Field(
         64, ge=-1, description="Caller-side queue cap; past it requests get 503 (-1: none)."
     )
+    # Ray's own defaults; a demo or test on a small machine sets seconds instead.
+    upscale_delay_s: float = Field(
+        30.0, ge=0, description="Load must stay above target this long before scaling up."
+    )
+    downscale_delay_s: float = Field(
+        600.0, ge=0, description="Load must stay below target this long before scaling down."
+    )
+    look_back_period_s: float = Field(
+        30.0, gt=10,
+        description="Window the autoscaler averages in-flight requests over (Ray: > 10 s).",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> Scaling:
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must not exceed max_replicas")
         return self
+
+
+class Admission(Strict):
+    """Gateway admission control of one model: a cap on calls in flight to its deployment and
+    a bounded priority queue in front of it (limits are per gateway replica).
+
+    Past `max_queued` an arriving request evicts the newest queued request of a lower
+    priority (503 + Retry-After) or, if there is none, is refused at once; a queued request
+    that waits `queue_timeout_s` gets 504 without ever reaching the model."""
+
+    max_concurrent: int | None = Field(
+        None, ge=1,
+        description="Calls in flight to the model at once; default: max_replicas x "
+        "max_ongoing_requests, so the gateway sheds before Serve's own queue fills.",
+    )
+    max_queued: int = Field(
+        64, ge=0, description="Requests waiting for a slot, all priorities together."
+    )
+    queue_timeout_s: float = Field(
+        10.0, gt=0,
+        description="Longest wait for a slot (504 past it); capped by http.request_timeout_s.",
+    )
+    retry_after_s: float = Field(
+        1.0, gt=0, description="Retry-After sent with a 503 when a request is shed."
+    )
 
 
 class Resources(Strict):
@@ -204,8 +240,14 @@ class ModelManifest(Strict):
     )
     versions: list[ModelVersion] = Field(min_length=1, description="Versions in the repository.")
     default_version: str | None = Field(None, description="Version served when none is pinned.")
+    traffic: dict[str, int] | None = Field(
+        None,
+        description="Canary split of unpinned requests: version label -> weight (relative, "
+        "e.g. percent); default: all to default_version. Changing it restarts no replica.",
+    )
     batching: Batching = Field(default_factory=Batching)
     scaling: Scaling = Field(default_factory=Scaling)
+    admission: Admission = Field(default_factory=Admission)
     resources: Resources = Field(default_factory=Resources)
     slo: SLO
     intended_use: str = Field(min_length=20, description="Intended-use statement on every reply.")
@@ -222,6 +264,19 @@ class ModelManifest(Strict):
     def _upper(cls, v: list[str]) -> list[str]:
         return [m.upper() for m in v]
 
+    @field_validator("traffic", mode="before")
+    @classmethod
+    def _labels_as_text(cls, v: object) -> object:
+        # YAML reads `{1: 90}` with integer keys; version labels are text.
+        return {str(k): w for k, w in v.items()} if isinstance(v, dict) else v
+
+    @field_validator("traffic")
+    @classmethod
+    def _weights(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        if v is not None and (any(w < 0 for w in v.values()) or sum(v.values()) <= 0):
+            raise ValueError("traffic weights must be >= 0 with a positive sum")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> ModelManifest:
         labels = [v.version for v in self.versions]
@@ -229,6 +284,9 @@ class ModelManifest(Strict):
             raise ValueError("version labels must be unique")
         if self.default_version is not None and self.default_version not in labels:
             raise ValueError(f"default_version {self.default_version!r} is not in versions")
+        unknown = sorted(set(self.traffic or {}) - set(labels))
+        if unknown:
+            raise ValueError(f"traffic names versions not in versions: {', '.join(unknown)}")
         if self.task == "classification" and self.preprocessing.kind != "radiograph":
             raise ValueError("classification models take radiograph preprocessing")
         if self.task == "detection" and self.preprocessing.kind != "ct":
@@ -242,6 +300,12 @@ class ModelManifest(Strict):
     @property
     def served_version(self) -> str:
         return self.default_version or self.versions[-1].version
+
+    @property
+    def traffic_split(self) -> dict[str, int]:
+        """Weights of unpinned requests by version, zero weights left out."""
+        split = self.traffic or {self.served_version: 100}
+        return {label: w for label, w in split.items() if w > 0}
 
     def version(self, label: str) -> ModelVersion:
         for v in self.versions:
@@ -262,12 +326,39 @@ class Limits(Strict):
     max_series_bytes: int = Field(512 << 20, ge=1024, description="One series upload (413).")
     max_series_instances: int = Field(2000, ge=1, description="Instances in one series.")
     max_tensor_bytes: int = Field(256 << 20, ge=1024, description="One OIP infer body (413).")
+    max_chat_bytes: int = Field(
+        1 << 20, ge=1024, description="One chat completions JSON body (413)."
+    )
 
 
 class GatewayConfig(Strict):
     num_replicas: int = Field(1, ge=1, description="Gateway (FastAPI ingress) replicas.")
     cpus: float = Field(0.25, ge=0, description="Ray CPU resource per gateway replica.")
     max_ongoing_requests: int = Field(512, ge=1, description="In-flight cap per gateway.")
+
+
+class AuthConfig(Strict):
+    """Tenant authentication (serving/tenants.py): API keys, model allow-lists, rate limits."""
+
+    tenants_file: str | None = Field(
+        None,
+        description="Tenants YAML (`medserve tenants add`); when set, every model route needs "
+        "`Authorization: Bearer <key>`. $MEDSERVE_TENANTS_FILE (`medserve serve --tenants`, "
+        "the Kubernetes pods) takes precedence; neither: auth off (loopback only). Each "
+        "tenant's rate_per_s and burst are cluster-wide: every gateway replica enforces "
+        "1/gateway.num_replicas of them with its own token bucket.",
+    )
+
+
+class AuditConfig(Strict):
+    """Audit trail: one JSON line per request, never request content (serving/audit.py)."""
+
+    enabled: bool = Field(True, description="Write the audit log.")
+    path: str | None = Field(
+        None,
+        description="JSON-lines file the gateways append to; default: medserve_audit.jsonl "
+        "beside Serve's own logs (<ray session>/logs/serve/) on each gateway's node.",
+    )
 
 
 class RayConfig(Strict):
@@ -281,6 +372,8 @@ class ClusterConfig(Strict):
     http: HTTPConfig = Field(default_factory=HTTPConfig)
     limits: Limits = Field(default_factory=Limits)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Tenants and API keys.")
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="Request audit log.")
     ray: RayConfig = Field(default_factory=RayConfig)
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where models run: the GPU when present (auto), or forced."

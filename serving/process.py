@@ -35,6 +35,7 @@ class ServerProcess:
     port: int
     log: Path
     metrics_port: int | None = None  # Ray's metrics export port (Prometheus text), if fixed
+    ray_tmpdir: Path | None = None  # this server's private RAY_TMPDIR: its Ray session logs
 
     @property
     def pid(self) -> int:
@@ -84,14 +85,15 @@ def start_server(
     child_env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **(env or {})}
     # A short private temp dir: Ray keeps its session logs there, and its unix socket paths
     # must stay under the 107-character limit.
-    child_env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ms-", dir="/tmp")
+    ray_tmpdir = tempfile.mkdtemp(prefix="ms-", dir="/tmp")
+    child_env["RAY_TMPDIR"] = ray_tmpdir
     cmd = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), *extra_args]
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env, cwd=cwd,
             start_new_session=True,
         )
-    return ServerProcess(proc, port, log, metrics_port)
+    return ServerProcess(proc, port, log, metrics_port, Path(ray_tmpdir))
 
 
 @contextlib.contextmanager

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -137,6 +137,22 @@ class Repository:
         if status == "mismatch":
             raise ModelLoadError(f"{f.label}: {f.path} does not match the manifest sha256")
         return f.path
+
+    def with_backends(self, backends: Mapping[str, str]) -> Repository:
+        """This repository with some imaging models on another backend than their manifest
+        names (a cluster's choice, e.g. Triton on GPU nodes), each re-validated."""
+        unknown = sorted(set(backends) - set(self.models))
+        if unknown:
+            raise ModelLoadError(f"backends: not imaging models here: {', '.join(unknown)}")
+        models = dict(self.models)
+        for name, backend in backends.items():
+            try:
+                models[name] = ModelManifest.model_validate(
+                    {**models[name].model_dump(), "backend": backend}
+                )
+            except ValidationError as exc:
+                raise ModelLoadError(f"{name} with backend {backend}: {_describe(exc)}") from None
+        return replace(self, models=models)
 
     def check(self) -> None:
         """Raise on the first manifest or weights problem."""

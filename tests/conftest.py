@@ -18,6 +18,7 @@ TEST_LIMITS = {
     "max_series_bytes": 32 << 20,
     "max_series_instances": 256,
     "max_tensor_bytes": 16 << 20,
+    "max_chat_bytes": 256 << 10,
 }
 
 Server = ServerProcess

@@ -10,6 +10,8 @@ from ray.serve.context import _get_serve_request_context
 
 import serving
 from serving.api import imaging, oip, openai
+from serving.api.auth import install_auth
+from serving.api.body import JSONBodyLimit
 from serving.api.errors import install_error_handlers
 from serving.api.metrics import install_metrics
 
@@ -28,6 +30,14 @@ def create_app(gateway: Gateway) -> FastAPI:
         ),
     )
     app.state.gateway = gateway
+    # FastAPI reads a JSON model's body before any handler runs: bound it in `receive`.
+    # Innermost on purpose: a middleware between it and the route that runs `receive` in a
+    # task group (Starlette's BaseHTTPMiddleware) would wrap its 413 in an ExceptionGroup,
+    # which FastAPI turns into a generic 400.
+    app.add_middleware(
+        JSONBodyLimit, limits={"/v1/chat/completions": gateway.config.limits.max_chat_bytes}
+    )
+    install_auth(app, gateway)  # an app-wide dependency: before the routers are included
 
     @app.middleware("http")
     async def request_id(request: Request, call_next):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 
 from fastapi import Request
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.config import Limits
 from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
@@ -35,6 +37,49 @@ async def read_body(request: Request, limit: int) -> bytes:
     if size == 0:
         raise InvalidInput("empty request body")
     return b"".join(chunks)
+
+
+class BodyTooLarge(HTTPException):
+    """413 raised from inside `receive`. FastAPI re-raises an HTTPException from its own body
+    read (anything else there becomes a generic 400), so the one error mapping answers it."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over the {limit} byte limit")
+
+
+class JSONBodyLimit:
+    """Per-route limit for bodies that FastAPI reads and parses itself (JSON models).
+
+    Routes that read their body with `read_body` bound it there; FastAPI reads a model's body
+    whole before any handler or dependency runs, so the limit has to sit in `receive`: it
+    refuses by Content-Length before the first byte and counts bytes as they arrive (chunked
+    uploads have no Content-Length), so an oversized body is never held in memory.
+    """
+
+    def __init__(self, app: ASGIApp, limits: Mapping[str, int]) -> None:
+        self.app = app
+        self.limits = dict(limits)  # exact request path -> byte limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.limits.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            if declared.isdigit() and int(declared) > limit:
+                raise BodyTooLarge(limit)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, limited, send)
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:

@@ -16,11 +16,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from serving.api.metrics import note_error
-from serving.errors import MedserveError
+from serving.errors import MedserveError, PayloadTooLarge, UnsupportedMediaType
 
 log = logging.getLogger("ray.serve")
 
 OPENAI_PREFIXES = ("/v1/chat/", "/v1/completions", "/v1/models")
+# Starlette's and FastAPI's own HTTPExceptions (e.g. the body limit's 413) get the type the
+# matching domain error has, so clients and the errors metric see one vocabulary.
+HTTP_ERROR_TYPES = {413: PayloadTooLarge.error_type, 415: UnsupportedMediaType.error_type}
 
 
 def _is_openai(request: Request) -> bool:
@@ -36,6 +39,8 @@ def error_response(
     headers = {}
     if status in (429, 503) or retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after_s or 1)))
+    if status == 401:  # RFC 6750: say which scheme to authenticate with
+        headers["WWW-Authenticate"] = 'Bearer realm="medserve"'
     body: dict[str, object]
     if _is_openai(request):
         body = {"error": {"message": message, "type": error_type, "param": param, "code": status}}
@@ -61,7 +66,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http(request: Request, exc: HTTPException) -> JSONResponse:
-        return error_response(request, exc.status_code, str(exc.detail), "invalid_request_error")
+        error_type = HTTP_ERROR_TYPES.get(exc.status_code, "invalid_request_error")
+        return error_response(request, exc.status_code, str(exc.detail), error_type)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

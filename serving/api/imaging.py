@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from serving.api.body import media_type, study_parts
 from serving.errors import UnsupportedMediaType
 from serving.imaging.pipeline import Payload
+from serving.priority import request_priority
 
 if TYPE_CHECKING:
     from serving.deployments.gateway import Gateway
@@ -79,6 +80,7 @@ async def predict(request: Request, model: str, version: str | None = None) -> P
     start = time.perf_counter()
     gw: Gateway = request.app.state.gateway
     target = gw.resolve(model, version)
+    priority = request_priority(request)
     manifest = target.manifest
     ctype = media_type(request)
     if ctype not in manifest.content_types:
@@ -86,7 +88,7 @@ async def predict(request: Request, model: str, version: str | None = None) -> P
             f"{model} accepts {', '.join(manifest.content_types)}; got {ctype or 'no content type'}"
         )
     parts = await study_parts(request, ctype, gw.config.limits)
-    result = await gw.call(target, "predict", Payload(ctype, parts))
+    result = await gw.call(target, "predict", Payload(ctype, parts), priority=priority)
     result["timings_ms"]["total"] = round((time.perf_counter() - start) * 1e3, 3)
     return PredictResponse(
         model=manifest.name,

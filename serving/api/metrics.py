@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.audit import AuditLog
 from serving.metrics import (
     PRIORITY_HEADER,
     UNMATCHED,
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 SHED_REASONS = {429: "rate_limited", 503: "unavailable", 504: "queue_timeout"}
 CLIENT_CLOSED = 499  # nginx's code for a client that went away before the answer
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _ERROR = "medserve_error"
 _MODEL = "medserve_model"
 
@@ -53,10 +55,14 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class RequestMetrics:
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics, labels: ModelLabels) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: GatewayMetrics, labels: ModelLabels,
+        audit: AuditLog | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.labels = labels
+        self.audit = audit  # the audit trail reuses the labels computed here
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,13 +96,24 @@ class RequestMetrics:
         error_type, shed_reason = state.get(_ERROR, (None, None))
         if error_type is None and status >= 500:
             error_type = "internal_error"
+        route = getattr(scope.get("route"), "path", None) or UNMATCHED
         self.metrics.record(
             model=model, version=version,
-            route=getattr(scope.get("route"), "path", None) or UNMATCHED,
+            route=route,
             status=status,
-            priority=priority_label(_header(scope, PRIORITY_HEADER.encode())),
+            # The effective priority (capped by the tenant) once a route has parsed it.
+            priority=state.get("priority")
+            or priority_label(_header(scope, PRIORITY_HEADER.encode())),
             duration_s=duration_s, error_type=error_type, shed_reason=shed_reason,
         )
+        if self.audit is not None:
+            tenant = state.get("tenant")
+            method = scope.get("method", "")
+            self.audit.record(
+                tenant=getattr(tenant, "name", None), model=model, version=version,
+                route=route, method=method if method in _METHODS else "other",
+                status=status, latency_s=duration_s, request_id=state.get("request_id"),
+            )
 
 
 def install_metrics(app: FastAPI, gateway: Gateway) -> None:
@@ -104,4 +121,5 @@ def install_metrics(app: FastAPI, gateway: Gateway) -> None:
     manifests = [*gateway.repo.models.values(), *gateway.repo.llms.values()]
     metrics = GatewayMetrics(latency_buckets(manifests))
     app.add_middleware(RequestMetrics, metrics=metrics,
-                       labels=ModelLabels.from_manifests(manifests))
+                       labels=ModelLabels.from_manifests(manifests),
+                       audit=AuditLog.from_config(gateway.config.audit))

@@ -12,6 +12,7 @@ import serving
 from serving.api.body import decompress, read_body
 from serving.config import TensorSpec
 from serving.errors import InvalidInput, Unavailable
+from serving.priority import request_priority
 from serving.protocol.oip import (
     encode_infer_response,
     parse_infer_request,
@@ -70,7 +71,11 @@ async def live() -> Liveness:
 @router.get("/v2/health/ready", response_model=Readiness, responses={503: {}})
 async def ready(request: Request) -> Readiness:
     gw = _gateway(request)
-    targets: list[Target | LLMTarget] = [gw.resolve(name) for name in gw.manifests]
+    # Every version that takes unpinned traffic (a canary too), not one picked at random.
+    targets: list[Target | LLMTarget] = [
+        gw.resolve(name, version) for name, m in gw.manifests.items()
+        for version in gw.traffic.traffic.get(name, {m.served_version: 1})
+    ]
     targets += [gw.resolve_llm(name) for name in gw.llm_manifests]  # the LLMs count too
     states = await asyncio.gather(*(gw.ready(t) for t in targets))
     if not all(states):
@@ -137,6 +142,7 @@ async def model_ready(request: Request, model: str, version: str | None = None) 
 async def infer(request: Request, model: str, version: str | None = None) -> Response:
     gw = _gateway(request)
     target = gw.resolve(model, version)
+    priority = request_priority(request)
     raw_length = request.headers.get(HEADER_LENGTH)
     if raw_length is not None and not raw_length.isdigit():
         raise InvalidInput(f"{HEADER_LENGTH} is not a non-negative integer")
@@ -146,7 +152,7 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     )
     parsed = parse_infer_request(body, int(raw_length) if raw_length is not None else None)
     validate_inputs(parsed.inputs, target.manifest.inputs)
-    outputs = await gw.call(target, "infer", parsed.inputs)
+    outputs = await gw.call(target, "infer", parsed.inputs, priority=priority)
     content, headers = encode_infer_response(
         target.manifest.name, target.version, parsed.id, select_outputs(outputs, parsed)
     )

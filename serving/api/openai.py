@@ -17,8 +17,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from serving.api.auth import allowed, authorize
 from serving.api.metrics import note_model
 from serving.errors import MedserveError
+from serving.priority import request_priority
 
 if TYPE_CHECKING:
     from serving.deployments.gateway import Gateway, LLMTarget
@@ -173,7 +175,8 @@ def _headers(target: LLMTarget) -> dict[str, str]:
 
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
-    return ModelList(data=_cards(_gateway(request)))
+    # With auth on, a tenant sees only the models it may call.
+    return ModelList(data=[c for c in _cards(_gateway(request)) if allowed(request, c.id)])
 
 
 @router.get("/v1/models/{model}", response_model=ModelCard, responses={404: {}})
@@ -190,14 +193,16 @@ async def chat_completions(
 ) -> ChatCompletion | StreamingResponse:
     gw = _gateway(request)
     _note_model(request, body.model)
+    authorize(request, body.model)  # before resolving: a 403 says nothing about existence
     target = gw.resolve_llm(body.model)
+    priority = request_priority(request)
     completion_id = f"chatcmpl-{request.state.request_id}"
     if body.stream:
-        events = await gw.stream(target, "chat_stream", body.for_engine())
+        events = await gw.stream(target, "chat_stream", body.for_engine(), priority=priority)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         sse = _sse(events, completion_id, body.model, include_usage)
         return StreamingResponse(sse, media_type="text/event-stream", headers=_headers(target))
-    result = await gw.call(target, "chat", body.for_engine())
+    result = await gw.call(target, "chat", body.for_engine(), priority=priority)
     response.headers.update(_headers(target))
     prompt, completion = result["prompt_tokens"], result["completion_tokens"]
     return ChatCompletion(

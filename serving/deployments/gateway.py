@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,18 +14,26 @@ from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayTaskError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from serving.admission import AdmissionControl, ModelAdmission, Slot
 from serving.config import ClusterConfig, ModelManifest
 from serving.errors import MedserveError, ModelNotFound, QueueTimeout, Unavailable
 from serving.llm.manifest import LLMManifest
+from serving.priority import Priority
 from serving.repository import load_repository
+from serving.traffic import Routing, pick, routing
 
 log = logging.getLogger("ray.serve")
 
 READY_TIMEOUT_S = 2.0
+REPLICA_LOST = "replica_unavailable"  # shed reason of a call whose replica died
 
 
 def handle_key(model: str, version: str) -> str:
@@ -65,12 +75,21 @@ def _serve_errors(name: str) -> Iterator[None]:
     except RayTaskError as exc:
         if isinstance(exc.cause, MedserveError):
             raise exc.cause from None
+        if isinstance(exc.cause, RayActorError):  # e.g. a dead actor behind the replica
+            raise _replica_lost(name) from None
         raise
-    except (ActorDiedError, ActorUnavailableError, DeploymentUnavailableError):
-        raise Unavailable(
-            f"{name} replica unavailable; retry", retry_after_s=1,
-            reason="replica_unavailable",
-        ) from None
+    except (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError):
+        # RayActorError covers ActorDiedError (replica process gone) and
+        # ActorUnavailableError (unreachable for now).
+        raise _replica_lost(name) from None
+
+
+def _replica_lost(name: str) -> Unavailable:
+    return Unavailable(f"{name} replica unavailable; retry", retry_after_s=1, reason=REPLICA_LOST)
+
+
+def _is_replica_lost(exc: Unavailable) -> bool:
+    return exc.shed_reason == REPLICA_LOST
 
 
 @serve.deployment
@@ -82,6 +101,26 @@ class Gateway:
         self.repo = load_repository(Path(repo_root))
         self.config = ClusterConfig.model_validate(config)
         self.handles = handles
+        # Replaced by `reconfigure` (the deployment's user_config) before any request.
+        self.traffic = routing(self.repo)
+        self.rng = random.Random()
+        self.admission = AdmissionControl(
+            self.config.gateway.num_replicas, self.config.http.request_timeout_s
+        )
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """A new traffic split, applied in place (a canary step or a rollback)."""
+        new = Routing.model_validate(user_config)
+        for model, split in new.traffic.items():
+            missing = [v for v in split if handle_key(model, v) not in self.handles]
+            if missing:
+                raise ValueError(f"traffic of {model!r} names unserved versions {missing}")
+        self.traffic = new  # one reference swap: each request sees the old or the new split
+        log.info("traffic split: %s", new.traffic)
+
+    def routing(self) -> dict[str, Any]:
+        """The live split (`serving.app.run` waits until it equals what was deployed)."""
+        return self.traffic.model_dump()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         from serving.api import create_app
@@ -112,45 +151,81 @@ class Gateway:
         manifest = self.repo.models.get(model)
         if manifest is None:
             raise ModelNotFound(f"unknown model {model!r}")
-        label = version or manifest.served_version
+        split = self.traffic.traffic.get(model)
+        label = version or (pick(split, self.rng) if split else manifest.served_version)
         handle = self.handles.get(handle_key(model, label))
         if handle is None:
             raise ModelNotFound(f"model {model!r} has no served version {label!r}")
         return Target(manifest, label, handle)
 
+    def admission_for(self, target: Target | LLMTarget) -> ModelAdmission:
+        return self.admission.get(handle_key(target.manifest.name, target.version),
+                                  target.manifest)
+
     async def call(
-        self, target: Target | LLMTarget, method: str, *args: Any, timeout_s: float | None = None
+        self, target: Target | LLMTarget, method: str, *args: Any,
+        priority: Priority = Priority.ROUTINE, timeout_s: float | None = None,
     ) -> Any:
-        """Call a model deployment, turning Serve's failure modes into domain errors."""
+        """Call a model deployment through admission control (priority queue, shedding).
+
+        A unary call whose replica dies is sent once more (inference is idempotent; Serve's
+        router has dropped the dead replica) before it becomes a retryable 503. The request
+        timeout covers the queue wait and both attempts.
+        """
         timeout_s = timeout_s or self.config.http.request_timeout_s
-        response = target.handle.options(method_name=method).remote(*args)
+        deadline = time.monotonic() + timeout_s
+        with await self.admission_for(target).acquire(priority, timeout_s):
+            try:
+                return await self._invoke(target, method, args, deadline)
+            except Unavailable as exc:
+                if not _is_replica_lost(exc):
+                    raise
+                log.warning("%s: replica lost during %s; retrying once", target.manifest.name,
+                            method)
+            return await self._invoke(target, method, args, deadline)
+
+    async def _invoke(
+        self, target: Target | LLMTarget, method: str, args: tuple[Any, ...], deadline: float
+    ) -> Any:
+        """One call, no admission: Serve's failure modes as domain errors, 504 past deadline."""
         name = target.manifest.name
+        timeout_s = max(0.0, deadline - time.monotonic())
+        response = target.handle.options(method_name=method).remote(*args)
         with _serve_errors(name):
             try:
                 return await asyncio.wait_for(response, timeout_s)
             except TimeoutError:
                 response.cancel()
-                raise QueueTimeout(f"{name} did not answer within {timeout_s:g} s") from None
+                raise QueueTimeout(f"{name} did not answer in time") from None
 
-    async def stream(self, target: LLMTarget, method: str, *args: Any) -> AsyncIterator[Any]:
+    async def stream(
+        self, target: LLMTarget, method: str, *args: Any, priority: Priority = Priority.ROUTINE
+    ) -> AsyncIterator[Any]:
         """Open a streaming call; its first item arrives within the request timeout or 504.
 
         Awaits that first item before returning, so errors raised before any output (bad
-        input, unknown adapter, capacity) surface here as status codes, not mid-stream.
+        input, unknown adapter, capacity) surface here as status codes, not mid-stream. The
+        stream holds an admission slot until it ends. A replica lost before the first item
+        is retried once (nothing was sent yet); one lost mid-stream raises a retryable
+        Unavailable, which the route reports in-band.
         """
         timeout_s = self.config.http.request_timeout_s
+        deadline = time.monotonic() + timeout_s
         name = target.manifest.name
-        response: DeploymentResponseGenerator[Any] = target.handle.options(  # type: ignore[assignment]
-            method_name=method, stream=True
-        ).remote(*args)
-        with _serve_errors(name):
+        slot = await self.admission_for(target).acquire(priority, timeout_s)
+        try:
             try:
-                first = await asyncio.wait_for(response.__anext__(), timeout_s)
-            except TimeoutError:
-                response.cancel()
-                raise QueueTimeout(f"{name} did not answer within {timeout_s:g} s") from None
+                response, first = await self._open_stream(target, method, args, deadline)
+            except Unavailable as exc:
+                if not _is_replica_lost(exc):
+                    raise
+                log.warning("%s: replica lost opening %s; retrying once", name, method)
+                response, first = await self._open_stream(target, method, args, deadline)
+        except BaseException:
+            slot.release()
+            raise
 
-        async def rest() -> AsyncIterator[Any]:
+        async def rest(slot: Slot) -> AsyncIterator[Any]:
             done = False
             try:
                 yield first
@@ -159,13 +234,34 @@ class Gateway:
                         yield item
                 done = True
             finally:
+                slot.release()
                 if not done:  # the client went away: cancel the replica's generator too
                     response.cancel()
 
-        return rest()
+        return rest(slot)
+
+    async def _open_stream(
+        self, target: LLMTarget, method: str, args: tuple[Any, ...], deadline: float
+    ) -> tuple[DeploymentResponseGenerator[Any], Any]:
+        name = target.manifest.name
+        response: DeploymentResponseGenerator[Any] = target.handle.options(  # type: ignore[assignment]
+            method_name=method, stream=True
+        ).remote(*args)
+        with _serve_errors(name):
+            try:
+                first = await asyncio.wait_for(
+                    response.__anext__(), max(0.0, deadline - time.monotonic())
+                )
+            except TimeoutError:
+                response.cancel()
+                raise QueueTimeout(f"{name} did not answer in time") from None
+        return response, first
 
     async def ready(self, target: Target | LLMTarget) -> bool:
+        # Not admitted: readiness must answer even while the model's queue is full.
         try:
-            return bool(await self.call(target, "ready", timeout_s=READY_TIMEOUT_S))
+            return bool(await self._invoke(
+                target, "ready", (), time.monotonic() + READY_TIMEOUT_S
+            ))
         except MedserveError:
             return False

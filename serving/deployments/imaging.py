@@ -36,9 +36,13 @@ def _device() -> str:
 @serve.deployment
 class ImagingModel:
     def __init__(
-        self, repo_root: str, model: str, version: str, triton_url: str | None = None
+        self, repo_root: str, model: str, version: str, triton_url: str | None = None,
+        backend: str | None = None,
     ) -> None:
+        """`backend` overrides the manifest's (the cluster's choice, `AppArgs.backends`)."""
         repo = load_repository(Path(repo_root))
+        if backend is not None:
+            repo = repo.with_backends({model: backend})
         self.manifest = repo.manifest(model)
         self.version = version
         v = self.manifest.version(version)

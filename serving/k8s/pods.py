@@ -8,6 +8,7 @@ check both.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from serving.k8s.settings import KubernetesConfig, Overlay, PodSize, WorkerGroup
@@ -21,6 +22,13 @@ IMAGE_MODEL_REPO = "/app/model_repo"  # manifests (with checksums) baked into th
 IMAGE_CONFIG = "/app/medserve.yaml"
 MODELS_DIR = "/models"  # the pod's model repository: image manifests + delivered weights
 TENANTS_DIR = "/etc/medserve/tenants"
+
+TRITON_REPO_DIR = "/triton-models"  # the Triton sidecar's model repository (ONNX exports)
+# Triton's ports, clear of Serve's 8000: reached from inside the pod only (NetworkPolicy
+# admits Prometheus to the metrics port alone).
+TRITON_HTTP_PORT = 8010
+TRITON_GRPC_PORT = 8011
+TRITON_METRICS_PORT = 8012
 
 DASHBOARD_PORT = 8265
 AGENT_PORT = 52365  # dashboard agent: serves the raylet health check
@@ -76,8 +84,10 @@ def _resources(cpus: int | str, memory: str, gpus: int = 0) -> dict[str, Any]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _volumes(overlay: Overlay) -> list[dict[str, Any]]:
+def _volumes(overlay: Overlay, triton: bool) -> list[dict[str, Any]]:
+    extra = [{"name": "triton-models", "emptyDir": {"sizeLimit": overlay.models_volume_size}}]
     return [
+        *(extra if triton else []),
         {"name": "models", "emptyDir": {"sizeLimit": overlay.models_volume_size}},
         # The root filesystem is read-only: Ray's session directory and HOME live here.
         {"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}},
@@ -100,14 +110,16 @@ def _env(overlay: Overlay) -> list[dict[str, str]]:
 
 
 def init_containers(
-    k8s: KubernetesConfig, overlay: Overlay, *, weights: bool
+    k8s: KubernetesConfig, overlay: Overlay, *, weights: bool, triton_models: Sequence[str] = ()
 ) -> list[dict[str, Any]]:
     """Deliver the model repository into the `models` volume and verify every checksum.
 
     The image's manifests are copied over whatever the store holds, so the checksums checked
     are the ones this config was generated from; Ray starts only if they all match. Pods that
     host no model replica (the head, a gateway-only group) get the manifests alone: the
-    application builder and the gateway read manifests, never weights.
+    application builder and the gateway read manifests, never weights. Pods with a Triton
+    sidecar also get its model repository: the checked weights exported to ONNX (and the
+    export checked against torch) by `medserve build-triton`.
     """
     mounts = [{"name": "models", "mountPath": MODELS_DIR}, {"name": "tmp", "mountPath": "/tmp"}]
     stage = f"cp -R {IMAGE_MODEL_REPO}/. {MODELS_DIR}/"
@@ -115,6 +127,13 @@ def init_containers(
         stage += f" && medserve build-weights --repo {MODELS_DIR}"
     if weights:
         stage += f" && medserve models check --repo {MODELS_DIR}"
+    stage_mounts = list(mounts)
+    if triton_models:
+        stage_mounts.append({"name": "triton-models", "mountPath": TRITON_REPO_DIR})
+        stage += (f" && medserve build-triton --repo {MODELS_DIR} --out {TRITON_REPO_DIR}"
+                  " --format onnx" + "".join(f" --model {m}" for m in triton_models))
+    # Building demo weights or an ONNX export loads torch; checking only hashes files.
+    heavy = triton_models or (weights and overlay.weights == "build")
     steps = []
     if weights and overlay.weights == "object-store":
         steps.append({
@@ -135,10 +154,9 @@ def init_containers(
         "imagePullPolicy": overlay.image_pull_policy,
         "command": ["/bin/sh", "-c", stage],
         "env": _env(overlay),
-        # Building demo weights loads torch; checking only hashes files.
-        "resources": _resources(1, "4Gi" if weights and overlay.weights == "build" else "1Gi"),
+        "resources": _resources(1, "4Gi" if heavy else "1Gi"),
         "securityContext": container_security(),
-        "volumeMounts": mounts,
+        "volumeMounts": stage_mounts,
     })
     return steps
 
@@ -185,19 +203,55 @@ def ray_container(
     }
 
 
-def sidecars(overlay: Overlay, group: WorkerGroup | None) -> list[dict[str, Any]]:
-    """Extra containers of a Ray pod; none yet.
+def triton_sidecar(overlay: Overlay) -> dict[str, Any]:
+    """Triton beside Ray: the pod's triton-backend replicas call it on 127.0.0.1.
 
-    Hook: a Triton server sidecar for GPU groups serving `backend: triton` models belongs
-    here (it would mount the generated Triton model repository from the `models` volume).
+    It loads every model of its repository at start (`--model-control-mode=none`) and is
+    ready only when all are (`--strict-readiness`), so the pod, and with it Serve's proxy on
+    that pod, takes traffic once Triton can answer. At shutdown it waits in `preStop` until
+    Ray has drained (the Ray container's preStop sleep plus `ray stop`'s grace period), so
+    no in-flight batch loses its server.
     """
-    return []
+    t = overlay.triton
+    probe_port = TRITON_HTTP_PORT
+    return {
+        "name": "triton",
+        "image": t.image,
+        "imagePullPolicy": overlay.image_pull_policy,
+        "command": ["tritonserver"],
+        "args": [
+            f"--model-repository={TRITON_REPO_DIR}",
+            f"--http-port={TRITON_HTTP_PORT}", f"--grpc-port={TRITON_GRPC_PORT}",
+            f"--metrics-port={TRITON_METRICS_PORT}",
+            "--model-control-mode=none", "--strict-readiness=true", "--exit-on-error=true",
+            f"--exit-timeout-secs={RAY_STOP_GRACE_S}",
+        ],
+        "ports": [{"name": "triton-http", "containerPort": TRITON_HTTP_PORT},
+                  {"name": "triton-grpc", "containerPort": TRITON_GRPC_PORT},
+                  {"name": "triton-metrics", "containerPort": TRITON_METRICS_PORT}],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "resources": _resources(t.cpus, t.memory, t.gpus),
+        "securityContext": container_security(),
+        # Loading (and on first start, optimising) the ONNX models takes a while.
+        "startupProbe": _probe("/v2/health/ready", probe_port, period=5, failures=60, delay=5),
+        "livenessProbe": _probe("/v2/health/live", probe_port, period=10, failures=6, delay=0),
+        "readinessProbe": _probe("/v2/health/ready", probe_port, period=5, failures=3, delay=0),
+        "lifecycle": {"preStop": {"exec": {"command": [
+            "/bin/sh", "-c", f"sleep {PRESTOP_SLEEP_S + RAY_STOP_GRACE_S}",
+        ]}}},
+        "volumeMounts": [
+            {"name": "triton-models", "mountPath": TRITON_REPO_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
+    }
 
 
 def pod_template(
     k8s: KubernetesConfig, overlay: Overlay, group: WorkerGroup | None, *,
-    serve_port: int, metrics_port: int, weights: bool,
+    serve_port: int, metrics_port: int, weights: bool, triton_models: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """`triton_models`: the triton-backend models this group hosts; they get a sidecar."""
     head = group is None
     size: PodSize = overlay.head if group is None else group
     skips = [SKIP_IMAGE_DIGEST, *([SKIP_HEAD_TOKEN] if head else [])]
@@ -209,17 +263,18 @@ def pod_template(
         "enableServiceLinks": False,
         "securityContext": dict(_POD_SECURITY),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
-        "initContainers": init_containers(k8s, overlay, weights=weights),
+        "initContainers": init_containers(k8s, overlay, weights=weights,
+                                          triton_models=triton_models),
         "containers": [
             ray_container(k8s, overlay, size, head=head, serve_port=serve_port,
                           metrics_port=metrics_port, gpus=group.gpus if group else 0),
-            *sidecars(overlay, group),
+            *([triton_sidecar(overlay)] if triton_models else []),
         ],
-        "volumes": _volumes(overlay),
+        "volumes": _volumes(overlay, bool(triton_models)),
     }
     if group is not None and group.node_selector:
         spec["nodeSelector"] = dict(group.node_selector)
-    if group is not None and group.gpus:
+    if group is not None and (group.gpus or triton_models):
         # GPU node pools are tainted so that only pods asking for GPUs land there.
         spec["tolerations"] = [
             {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}

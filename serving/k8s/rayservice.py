@@ -6,28 +6,64 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
 import yaml
 
-from serving.app import GATEWAY, serve_config
+from serving.app import GATEWAY, deployment_name, serve_config
 from serving.config import ClusterConfig
+from serving.errors import ModelLoadError
 from serving.k8s import groups as g
 from serving.k8s import pods
 from serving.k8s.settings import Overlay
+from serving.repository import load_repository
 
 API_VERSION = "ray.io/v1"
+
+
+@dataclass(frozen=True)
+class TritonPlan:
+    """Which models of an overlay Triton serves, and the address their replicas call."""
+
+    backends: dict[str, str]  # the overlay's overrides, passed on to the app builder
+    models: dict[str, list[str]]  # triton-backend model -> its deployment names
+
+    @property
+    def url(self) -> str | None:
+        # The sidecar shares the pod's network namespace: each replica calls its own pod's.
+        return f"127.0.0.1:{pods.TRITON_GRPC_PORT}" if self.models else None
+
+    def on(self, deployments: list[str]) -> list[str]:
+        """The triton-backend models with a deployment among `deployments`."""
+        return sorted(m for m, names in self.models.items() if set(names) & set(deployments))
+
+
+def triton_plan(repo: Path, overlay: Overlay) -> TritonPlan:
+    effective = load_repository(repo).with_backends(overlay.backends)
+    models = {
+        m.name: [deployment_name(m.name, v.version) for v in m.versions]
+        for m in effective.models.values() if m.backend == "triton"
+    }
+    if models and overlay.device != "cuda":
+        raise ModelLoadError(
+            f"{', '.join(sorted(models))}: the Triton sidecar serves ONNX on GPU; a cpu overlay "
+            "runs imaging models with the torch backend (set `backends` to torch)"
+        )
+    return TritonPlan(dict(overlay.backends), models)
 
 
 def serve_doc(
     repo: Path, config_path: Path | None, cluster: ClusterConfig, overlay: Overlay
 ) -> tuple[dict[str, Any], dict[str, list[g.Demand]]]:
     """The Serve config as run in the overlay's pods, and its deployments per worker group."""
-    doc = copy.deepcopy(
-        serve_config(str(repo), str(config_path) if config_path else None, "k8s")
-    )
+    plan = triton_plan(repo, overlay)
+    doc = copy.deepcopy(serve_config(
+        str(repo), str(config_path) if config_path else None, "k8s",
+        triton_url=plan.url, backends=plan.backends,
+    ))
     for application in doc["applications"]:
         # Paths inside the pod: the image's config and the delivered repository.
         application["args"].update(
@@ -77,7 +113,8 @@ def rayservice(
 ) -> dict[str, Any]:
     k8s = cluster.kubernetes
     doc, placed = serve_doc(repo, config_path, cluster, overlay)
-    ports = {"serve_port": cluster.http.port, "metrics_port": metrics_port(cluster)}
+    plan = triton_plan(repo, overlay)
+    ports: dict[str, Any] = {"serve_port": cluster.http.port, "metrics_port": metrics_port(cluster)}
     workers = []
     for group in overlay.worker_groups:
         items = placed[group.name]
@@ -97,6 +134,7 @@ def rayservice(
             "template": pods.pod_template(
                 k8s, overlay, group, **ports,
                 weights=any(d.deployment != GATEWAY for d in items),
+                triton_models=plan.on([d.deployment for d in items]),
             ),
         })
     return {

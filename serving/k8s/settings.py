@@ -66,6 +66,29 @@ class IngressSettings(_Strict):
     class_name: str = Field("nginx", description="IngressClass (annotations are ingress-nginx).")
 
 
+class TritonSidecar(_Strict):
+    """The Triton Inference Server container beside Ray in each worker group that hosts a
+    triton-backend model: it serves the ONNX export of those models, built into the pod's
+    model volume by the stage-models init container, on the pod's own GPU(s)."""
+
+    image: str = Field(
+        "nvcr.io/nvidia/tritonserver:25.10-py3",
+        description="Triton image with the ONNX Runtime backend (NGC); pin by digest at release.",
+    )
+    gpus: int = Field(
+        1, ge=1, le=16,
+        description="nvidia.com/gpu of the Triton container, on top of the group's `gpus` "
+        "(which stay Ray's, for the torch-backend replicas on the same pods).",
+    )
+    cpus: int = Field(2, ge=1, description="CPU request and limit of the Triton container.")
+    memory: str = Field("8Gi", description="Memory request and limit (Kubernetes quantity).")
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        return _quantity(v)
+
+
 class Overlay(_Strict):
     device: Literal["cpu", "cuda"] = Field(description="Where replicas run in this overlay.")
     weights: Literal["build", "object-store"] = Field(
@@ -84,6 +107,15 @@ class Overlay(_Strict):
         "20Gi", description="Size limit of each pod's model repository volume (emptyDir)."
     )
     ingress: IngressSettings = Field(default_factory=IngressSettings)
+    backends: dict[str, Literal["torch", "triton"]] = Field(
+        default_factory=dict,
+        description="Imaging model -> backend in this overlay, overriding its manifest's "
+        "`backend`: e.g. Triton (ONNX on GPU) in production, torch on a laptop.",
+    )
+    triton: TritonSidecar = Field(
+        default_factory=TritonSidecar,
+        description="Sidecar of the worker groups that host triton-backend models.",
+    )
 
     @field_validator("models_volume_size")
     @classmethod

@@ -10,7 +10,16 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from serving.config import _NAME, _SHA256, _VERSION, Resources, Scaling, Strict, Weights
+from serving.config import (
+    _NAME,
+    _SHA256,
+    _VERSION,
+    Admission,
+    Resources,
+    Scaling,
+    Strict,
+    Weights,
+)
 
 
 class LlamaArchitecture(Strict):
@@ -144,6 +153,7 @@ class LLMManifest(Strict):
     adapters: list[Adapter] = Field(default_factory=list, description="Specialist LoRA adapters.")
     engine: EngineSpec = Field(default_factory=EngineSpec)
     scaling: Scaling = Field(default_factory=Scaling)
+    admission: Admission = Field(default_factory=Admission)
     resources: Resources = Field(default_factory=Resources)
     slo: LLMSLO
     system_prompt: str = Field(
@@ -173,6 +183,11 @@ class LLMManifest(Strict):
         e = self.engine
         if e.page_size * min(e.num_blocks, e.adapter_num_blocks) < e.context_window:
             raise ValueError("each KV cache (page_size * blocks) must hold one full context")
+        s = self.scaling
+        # One batching loop takes many streams: the imaging default target (a few requests)
+        # would scale an LLM out far too early, and Ray's LLM defaults never scale at all.
+        if s.min_replicas != s.max_replicas and "target_ongoing_requests" not in s.model_fields_set:
+            raise ValueError("an autoscaled LLM must set scaling.target_ongoing_requests")
         return self
 
     @property

@@ -104,14 +104,16 @@ def test_serve_config_v2_is_valid_for_ray_and_its_application_builder(
 def test_serve_config_v2_is_build_config_k8s_plus_placement(
     rendered: dict[str, list[dict[str, Any]]], tmp_path: Path,
 ) -> None:
-    out = tmp_path / "serve.yaml"
-    result = CliRunner().invoke(cli, ["build-config", "--target", "k8s", "--out", str(out),
-                                      "--repo", str(MODEL_REPO), "--config", str(CONFIG)])
-    assert result.exit_code == 0, result.output
     for name, docs in rendered.items():
+        out = tmp_path / f"{name}.yaml"
+        result = CliRunner().invoke(cli, [
+            "build-config", "--target", "k8s", "--overlay", name, "--out", str(out),
+            "--repo", str(MODEL_REPO), "--config", str(CONFIG)])
+        assert result.exit_code == 0, result.output
         ours = serve_config_v2(docs)
-        # build-config's document plus only the documented k8s adjustments: in-pod paths,
-        # the overlay's device, the worker-group resource, the rolling-update surge.
+        # build-config's document (with the overlay's backends) plus only the documented k8s
+        # adjustments: in-pod paths, the overlay's device, the worker-group resource, the
+        # rolling-update surge.
         expected = yaml.safe_load(out.read_text())
         device = SETTINGS.overlays[name].device
         for application, mine in zip(expected["applications"], ours["applications"],
@@ -177,13 +179,15 @@ def test_ray_autoscaler_places_every_replica_on_exactly_one_group(
 def test_gpu_groups_request_whole_gpus_and_replicas_their_manifest_fraction(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
-    repo = load_repository(MODEL_REPO)
-    fraction = {deployment_name(m.name, v.version): m.resources.gpus
-                for m, v in repo.iter_versions()}
-    fraction |= {deployment_name(m.name, m.served_version): m.resources.gpus
-                 for m in repo.llms.values()}
     for name, docs in rendered.items():
         overlay = SETTINGS.overlays[name]
+        repo = load_repository(MODEL_REPO).with_backends(overlay.backends)
+        # A triton-backend replica's GPU is its Triton sidecar's (test_triton_sidecar.py).
+        fraction = {deployment_name(m.name, v.version):
+                    0 if m.backend == "triton" else m.resources.gpus
+                    for m, v in repo.iter_versions()}
+        fraction |= {deployment_name(m.name, m.served_version): m.resources.gpus
+                     for m in repo.llms.values()}
         wanted = {g.name: g for g in overlay.worker_groups}
         (application,) = serve_config_v2(docs)["applications"]
         gpus = {d["name"]: d["ray_actor_options"].get("num_gpus", 0)

@@ -127,8 +127,10 @@ def test_stage_models_accepts_matching_weights_and_stops_the_pod_on_a_mismatch(
     rendered: dict[str, list[dict[str, Any]]], tmp_path: Path,
 ) -> None:
     load_repository(MODEL_REPO).check()  # the weights `make test` built
+    # The pods without a Triton sidecar (tests/k8s/test_triton_sidecar.py runs the other).
     (command,) = {c["command"][-1] for p in ray_pods(rendered["production"], "production")
-                  for c in p["spec"]["initContainers"] if CHECK in c["command"][-1]}
+                  for c in p["spec"]["initContainers"]
+                  if CHECK in c["command"][-1] and "build-triton" not in c["command"][-1]}
     image = tmp_path / "image"  # what the Dockerfile copies: no weights (.dockerignore)
     shutil.copytree(MODEL_REPO, image, ignore=shutil.ignore_patterns("*.safetensors"))
     good = tmp_path / "good"  # what fetch-weights synced from the bucket
@@ -185,8 +187,8 @@ def test_disruption_budgets_and_pod_monitors_select_the_ray_pods(
     for name, docs in rendered.items():
         labels = {p["metadata"]["name"].removeprefix(f"{name}-"): p["metadata"]["labels"]
                   for p in ray_pods(docs, name)}
-        ports = {g: {p["name"] for p in spec["template"]["spec"]["containers"][0]["ports"]}
-                 for g, spec in groups(docs).items()}
+        ports = {g: {p["name"] for c in spec["template"]["spec"]["containers"]
+                     for p in c["ports"]} for g, spec in groups(docs).items()}
         for kind in ("PodDisruptionBudget", "PodMonitor"):
             covered = set()
             for obj in by_kind(docs, kind):
@@ -195,7 +197,9 @@ def test_disruption_budgets_and_pod_monitors_select_the_ray_pods(
                 assert chosen == {"head"} or "head" not in chosen  # head and workers apart
                 covered |= chosen
                 for endpoint in obj["spec"].get("podMetricsEndpoints", []):
-                    assert all(endpoint["port"] in ports[g] for g in chosen)
+                    having = {g for g in chosen if endpoint["port"] in ports[g]}
+                    # Ray's port on every pod; a Triton sidecar's where a group has one.
+                    assert having == chosen or endpoint["port"] == "triton-metrics", endpoint
             assert covered == set(labels), (name, kind)
         head_pdb = next(p for p in by_kind(docs, "PodDisruptionBudget")
                         if selects(p["spec"]["selector"], labels["head"]))
@@ -264,6 +268,13 @@ def test_the_image_provides_what_the_pods_expect() -> None:
     assert torch_pin and any(torch_pin.group(1) in arg for op, arg in steps if op == "RUN")
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     assert "model_repo/**/*.safetensors" in ignored  # weights are delivered, never baked
+    # `pip install .` in the build stage gets every package the `medserve` CLI imports.
+    import tomllib
+
+    packages = tomllib.loads(pyproject)["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = {arg.split()[0] for op, arg in steps if op == "COPY"}
+    for package in (p.rstrip("*") for p in packages):
+        assert package in copied and package not in ignored, package
 
 
 @pytest.mark.parametrize("field", ["runAsNonRoot", "readOnlyRootFilesystem"])

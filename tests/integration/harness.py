@@ -1,0 +1,103 @@
+"""Helpers for the overload and fault tests: a trimmed model repository with edited manifests,
+binary OIP bodies, the server's replica processes, and its model metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving.metrics import LLM_RUNNING, REPLICA_READY, exported
+from tests.conftest import MODEL_REPO, Server
+
+
+def make_repo(dest: Path, edits: Mapping[str, Mapping[str, Any]]) -> Path:
+    """A repository holding only the models named in `edits`: each manifest with its
+    top-level sections updated (`{"scaling": {...}}` merges into `scaling`), the committed
+    files copied and the built version folders linked, not copied."""
+    for name, changes in edits.items():
+        src = MODEL_REPO / name
+        (dest / name).mkdir(parents=True)
+        manifest = yaml.safe_load((src / "manifest.yaml").read_text())
+        for key, value in changes.items():
+            if isinstance(value, Mapping):
+                manifest[key] = {**manifest.get(key, {}), **value}
+            else:
+                manifest[key] = value
+        (dest / name / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+        for entry in src.iterdir():
+            if entry.name == "manifest.yaml":
+                continue
+            if entry.is_dir():
+                os.symlink(entry.resolve(), dest / name / entry.name)
+            else:
+                shutil.copy(entry, dest / name / entry.name)
+    return dest
+
+
+def write_config(path: Path, **sections: Any) -> Path:
+    path.write_text(yaml.safe_dump({"ray": {"num_cpus": 8}, **sections}))
+    return path
+
+
+def binary_infer(name: str, array: Any) -> tuple[bytes, dict[str, str]]:
+    """An OIP infer body with one FP32 input in the binary tensor extension, and its headers."""
+    raw = array.astype("float32").tobytes()
+    header = json.dumps({"inputs": [{
+        "name": name, "datatype": "FP32", "shape": list(array.shape),
+        "parameters": {"binary_data_size": len(raw)},
+    }]}).encode()
+    return header + raw, {"Inference-Header-Content-Length": str(len(header)),
+                          "Content-Type": "application/octet-stream"}
+
+
+def _session_processes(server: Server) -> Iterable[tuple[int, str]]:
+    """(pid, command line) of every process in the server's session: its Ray processes."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if os.getsid(pid) != server.pid:
+                continue
+            cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ProcessLookupError):
+            continue
+        yield pid, cmdline.strip()
+
+
+def replica_pids(server: Server, deployment: str, app: str = "medserve") -> list[int]:
+    """PIDs of the Serve replica processes of one deployment (Ray names them by title)."""
+    title = f"ray::ServeReplica:{app}:{deployment}"
+    return [pid for pid, cmd in _session_processes(server) if cmd == title]
+
+
+def _samples(server: Server, name: str, labels: Mapping[str, str]) -> list[Any]:
+    assert server.metrics_port is not None
+    text = httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).text
+    return [
+        sample for family in text_string_to_metric_families(text) for sample in family.samples
+        if sample.name == exported(name)
+        and all(sample.labels.get(k) == v for k, v in labels.items())
+    ]
+
+
+def metric_total(server: Server, name: str, **labels: str) -> float:
+    """Sum of a metric's samples (all replicas) from the Ray metrics export port."""
+    return sum(sample.value for sample in _samples(server, name, labels))
+
+
+def ready_replicas(server: Server, model: str) -> set[str]:
+    """Serve replica ids of a model that report themselves loaded: imaging replicas set
+    `medserve_replica_ready` to 1, LLM replicas keep their engine gauges alive, both on a
+    heartbeat that starts once the model is loaded."""
+    ready = {s.labels["replica"] for s in _samples(server, REPLICA_READY, {"model": model})
+             if s.value == 1}
+    return ready | {s.labels["replica"] for s in _samples(server, LLM_RUNNING, {"model": model})}

@@ -1,0 +1,197 @@
+"""Tenants, API keys, allow-lists, rate limits and the audit log against a real Medserve.
+
+One extra server (module scope) runs with `--tenants`, bound to 0.0.0.0 (allowed only with
+auth), its tenants made by the CLI: `clinic-a` may call cxr-triage only, at 1 request/s
+(burst 5); `research` may call every model, unlimited.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from serving.process import ServerProcess, free_port, running_server
+from serving.samples import make_radiograph
+from tests.conftest import MODEL_REPO, ROOT, TEST_LIMITS
+
+MARKER = "PHIMARKER-Q7Z"  # stands for patient data: must reach no audit line
+A_RATE, A_BURST = 1, 5
+
+
+class AuthServer:
+    def __init__(self, server: ServerProcess, keys: dict[str, str], audit: Path) -> None:
+        self.server, self.keys, self.audit = server, keys, audit
+        self.request_ids: list[str] = []
+
+    def call(self, method: str, path: str, tenant: str | None = None, key: str | None = None,
+             **kwargs: Any) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        key = key or (self.keys[tenant] if tenant else None)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        r = httpx.request(method, self.server.url + path, headers=headers, timeout=120, **kwargs)
+        if "x-request-id" in r.headers and not path.startswith("/v2/health/"):
+            self.request_ids.append(r.headers["x-request-id"])  # probes are not audited
+        return r
+
+
+def _add_tenant(file: Path, name: str, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "tenants", "add", name, "--file", str(file),
+         "--repo", str(MODEL_REPO), *args],
+        capture_output=True, text=True, check=True, cwd=ROOT, timeout=120,
+    ).stdout
+    return out.rstrip("\n").splitlines()[-1]  # what `| tail -n1` gets
+
+
+@pytest.fixture(scope="module")
+def auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
+    tmp = tmp_path_factory.mktemp("medserve-auth")
+    tenants = tmp / "tenants.yaml"
+    keys = {
+        "clinic-a": _add_tenant(tenants, "clinic-a", "--models", "cxr-triage",
+                                "--rate", str(A_RATE), "--burst", str(A_BURST)),
+        "research": _add_tenant(tenants, "research", "--models", "*"),
+    }
+    assert not any(k in tenants.read_text() for k in keys.values())
+    audit = tmp / "audit" / "audit.jsonl"
+    config = tmp / "medserve.yaml"
+    config.write_text(yaml.safe_dump({
+        "limits": TEST_LIMITS, "ray": {"num_cpus": 8}, "http": {"request_timeout_s": 60},
+        "audit": {"path": str(audit)},
+    }))
+    with running_server(
+        "--repo", str(MODEL_REPO), "--config", str(config), "--tenants", str(tenants),
+        "--host", "0.0.0.0", log=tmp / "server.log", cwd=ROOT,
+    ) as srv:
+        yield AuthServer(srv, keys, audit)
+
+
+def test_missing_or_wrong_key_is_401(auth: AuthServer) -> None:
+    for key in (None, "not-a-key", auth.keys["clinic-a"] + "x"):
+        r = auth.call("GET", "/v2/models/cxr-triage", key=key)
+        assert r.status_code == 401, r.text
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert isinstance(r.json()["error"], str)
+    r = auth.call("POST", "/v1/chat/completions", key="not-a-key",
+                  json={"model": "clinical-llm", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    # probes and docs stay open
+    assert auth.call("GET", "/v2/health/ready").status_code == 200
+    assert auth.call("GET", "/openapi.json").status_code == 200
+
+
+def test_forbidden_model_and_unknown_model_get_the_same_403(auth: AuthServer) -> None:
+    dcm = {"content": make_radiograph(), "headers": {"Content-Type": "application/dicom"}}
+    real = auth.call("POST", "/v1/imaging/lung-nodule-ct/predict", "clinic-a", **dcm)
+    fake = auth.call("POST", "/v1/imaging/no-such-model/predict", "clinic-a", **dcm)
+    assert real.status_code == fake.status_code == 403
+    assert real.json() == fake.json()
+    ask = [{"role": "user", "content": "hello"}]
+    real = auth.call("POST", "/v1/chat/completions", "clinic-a",
+                     json={"model": "clinical-llm:lung-oncology", "messages": ask})
+    fake = auth.call("POST", "/v1/chat/completions", "clinic-a",
+                     json={"model": "no-such-llm", "messages": ask})
+    assert real.status_code == fake.status_code == 403
+    assert real.json() == fake.json() and real.json()["error"]["type"] == "permission_error"
+    # for a tenant allowed every model, an unknown one is a plain 404
+    assert auth.call("GET", "/v2/models/no-such-model", "research").status_code == 404
+
+
+def test_allowed_models_answer(auth: AuthServer) -> None:
+    dicom = make_radiograph(phi={"PatientName": MARKER, "PatientID": MARKER})
+    r = auth.call("POST", f"/v1/imaging/cxr-triage/predict?note={MARKER}", "clinic-a",
+                  content=dicom, headers={"Content-Type": "application/dicom",
+                                          "X-Note": MARKER})
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "cxr-triage"
+    r = auth.call("POST", "/v1/chat/completions", "research", json={
+        "model": "clinical-llm", "max_tokens": 2, "temperature": 0,
+        "messages": [{"role": "user", "content": f"Patient {MARKER}: next steps?"}],
+    })
+    assert r.status_code == 200, r.text
+
+
+def test_model_list_is_filtered_by_tenant(auth: AuthServer) -> None:
+    a = auth.call("GET", "/v1/models", "clinic-a")
+    everything = auth.call("GET", "/v1/models", "research")
+    assert a.status_code == everything.status_code == 200
+    assert a.json()["data"] == []
+    ids = {m["id"] for m in everything.json()["data"]}
+    assert "clinical-llm" in ids and "clinical-llm:lung-oncology" in ids
+
+
+def test_rate_limit_429_with_retry_after_then_serves_again(auth: AuthServer) -> None:
+    codes = []
+    for _ in range(4 * A_BURST):
+        r = auth.call("GET", "/v2/models/cxr-triage", "clinic-a")
+        codes.append(r.status_code)
+        if r.status_code == 429:
+            break
+    assert codes[-1] == 429 and set(codes[:-1]) == {200}, codes
+    assert r.headers["retry-after"] == "1"  # < 1 s to the next token, rounded up
+    assert r.json()["error"] and "key" in r.json()["error"]
+    # other tenants are not held back, and clinic-a is served again once a token is back
+    assert auth.call("GET", "/v2/models/cxr-triage", "research").status_code == 200
+    deadline = time.monotonic() + 30
+    while auth.call("GET", "/v2/models/cxr-triage", "clinic-a").status_code == 429:
+        assert time.monotonic() < deadline, "clinic-a still refused after 30 s"
+        time.sleep(0.2)  # polling interval
+
+
+def test_audit_log_lines(auth: AuthServer) -> None:
+    expected = set(auth.request_ids)
+    assert expected
+    deadline = time.monotonic() + 30
+    while True:  # the gateway writes each line once the response is sent
+        text = auth.audit.read_text() if auth.audit.exists() else ""
+        lines = [json.loads(line) for line in text.splitlines()]
+        if expected <= {x["request_id"] for x in lines} or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # polling interval
+    assert expected <= {x["request_id"] for x in lines}
+    assert MARKER not in text
+    assert not any(k in text for k in auth.keys.values())
+    for x in lines:
+        assert set(x) == {"ts", "tenant", "model", "version", "route", "method", "status",
+                          "latency_ms", "request_id"}
+        assert x["tenant"] in (None, "clinic-a", "research")
+        # route templates only ("unmatched" for the docs, which are not API routes)
+        assert x["route"].startswith(("/v1/", "/v2")) or x["route"] == "unmatched", x
+        assert MARKER not in x["route"] and "?" not in x["route"]
+        assert x["latency_ms"] >= 0
+    seen = {(x["tenant"], x["model"], x["route"], x["status"]) for x in lines}
+    assert ("clinic-a", "cxr-triage", "/v1/imaging/{model}/predict", 200) in seen
+    assert ("clinic-a", "lung-nodule-ct", "/v1/imaging/{model}/predict", 403) in seen
+    assert ("clinic-a", "unknown", "/v1/imaging/{model}/predict", 403) in seen
+    assert ("research", "clinical-llm", "/v1/chat/completions", 200) in seen
+    assert ("clinic-a", "cxr-triage", "/v2/models/{model}", 429) in seen
+    assert (None, "cxr-triage", "/v2/models/{model}", 401) in seen
+    assert not any(x["route"].startswith("/v2/health") for x in lines)
+    predict = next(x for x in lines if x["status"] == 200 and x["model"] == "cxr-triage"
+                   and x["route"].endswith("/predict"))
+    assert predict["version"] == "1" and predict["method"] == "POST"
+
+
+def test_refuses_non_loopback_without_tenants(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MEDSERVE_TENANTS_FILE",)}
+    env["RAY_TMPDIR"] = str(tmp_path)  # Ray would create its session here
+    r = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "serve", "--host", "0.0.0.0",
+         "--port", str(free_port()), "--repo", str(MODEL_REPO)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False,
+    )
+    assert r.returncode == 1
+    assert "refusing to bind 0.0.0.0" in " ".join(r.stderr.split())
+    assert "--tenants" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # it exited before starting Ray
