@@ -20,6 +20,7 @@ from loadtests import report
 from loadtests.openloop import Record
 from loadtests.profiles import all_manifests, build_plan, load_profile
 from loadtests.slo import ModelResult, evaluate, slo_of
+from loadtests.workloads import auth_headers
 from serving.repository import load_repository
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -82,6 +83,7 @@ def run_gate(
     records_path = out / "records.jsonl"
     records_path.unlink(missing_ok=True)
     plan, notes = build_plan(profile, repository, str(records_path), duration_s)
+    auth_headers(plan.profile.tenants)  # a missing key fails here, not as 401s in the run
     unknown = set(plan.profile.slo_overrides) - set(plan.profile.models)
     if unknown:
         raise ValueError(f"slo_overrides name models the profile does not drive: {unknown}")

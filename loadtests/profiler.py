@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import random
 import time
 from collections.abc import Callable
@@ -23,7 +24,14 @@ import httpx
 
 from loadtests.profiles import Kind, Payloads
 from loadtests.slo import percentile
-from loadtests.workloads import chat_body, imaging_bodies, path_of, token_times
+from loadtests.workloads import (
+    API_KEY_ENV,
+    bearer,
+    chat_body,
+    imaging_bodies,
+    path_of,
+    token_times,
+)
 
 IMAGING_LEVELS = (1, 2, 4, 8, 16)
 CHAT_LEVELS = (1, 2, 4, 8, 16, 32)
@@ -101,7 +109,9 @@ async def _level(url: str, model: str, kind: Kind, payloads: Payloads, adapters:
     itls: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=concurrency + 2)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+    # The profiled server may have auth on: $MEDSERVE_API_KEY, as for `medserve loadtest`.
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits,
+                                 headers=bearer(os.environ.get(API_KEY_ENV))) as client:
         async def call() -> None:
             nonlocal errors
             try:

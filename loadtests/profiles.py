@@ -41,8 +41,14 @@ class Payloads(_Strict):
 
 
 class Tenant(_Strict):
-    name: str = Field(description="Tenant id sent with each request (a site, not a person).")
+    name: str = Field(description="Tenant label of its requests in the records (a site).")
     weight: float = Field(1.0, gt=0, description="Relative share of requests.")
+    key_env: str | None = Field(
+        None,
+        description="Environment variable holding this tenant's API key, sent as "
+        "`Authorization: Bearer` (`medserve tenants add`); default: $MEDSERVE_API_KEY if set, "
+        "else no key (a server without auth). Keys never enter the plan or the reports.",
+    )
 
 
 class Profile(_Strict):

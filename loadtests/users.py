@@ -23,8 +23,8 @@ from loadtests.openloop import InFlight, Record, arrivals, completed, refused
 from loadtests.profiles import ModelPlan, Plan
 from loadtests.workloads import (
     PRIORITY_HEADER,
-    TENANT_HEADER,
     Mix,
+    auth_headers,
     chat_body,
     imaging_bodies,
     path_of,
@@ -45,6 +45,7 @@ class Sender:
         self.rng = random.Random(seed)
         p = plan.profile
         self.mix = Mix({t.name: t.weight for t in p.tenants}, p.priorities, seed)
+        self.auth = auth_headers(p.tenants)  # keys from this process' environment only
         self.bodies = [] if spec.kind == "chat" else imaging_bodies(spec.kind, p.payloads)
         self.session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_maxsize=p.max_in_flight)
@@ -53,7 +54,7 @@ class Sender:
 
     def request(self) -> tuple[bytes, dict[str, str], str, str]:
         tenant, priority = self.mix.draw()
-        headers = {PRIORITY_HEADER: priority, TENANT_HEADER: tenant}
+        headers = {PRIORITY_HEADER: priority, **self.auth[tenant]}
         if self.spec.kind == "chat":
             body = chat_body(self.name, self.spec.adapters, self.plan.profile.payloads, self.rng)
             headers["Content-Type"] = "application/json"

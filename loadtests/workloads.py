@@ -9,15 +9,16 @@ box on upload alone. Chats follow the OpenAI chat-completions contract in DESIGN
 from __future__ import annotations
 
 import json
+import os
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from loadtests.profiles import Kind, Payloads
+from loadtests.profiles import Kind, Payloads, Tenant
 from serving.metrics import PRIORITY_HEADER as PRIORITY_HEADER  # the server's name for it
 from serving.samples import make_ct_series, make_radiograph, zip_series
 
-TENANT_HEADER = "x-tenant-id"
+API_KEY_ENV = "MEDSERVE_API_KEY"  # the key of tenants that name no `key_env`
 
 QUESTIONS = (
     "Summarise the work-up for a 62-year-old smoker with a 9 mm solid lung nodule.",
@@ -118,6 +119,24 @@ class Mix:
     def draw(self) -> tuple[str, str]:
         tenant = self.rng.choices(self.tenants, self.tenant_w)[0]
         return tenant, self.rng.choices(self.priorities, self.priority_w)[0]
+
+
+def auth_headers(
+    tenants: Iterable[Tenant], env: Mapping[str, str] = os.environ
+) -> dict[str, dict[str, str]]:
+    """Tenant name -> the headers that authenticate its requests (none without a key).
+    A tenant whose `key_env` is unset or empty is an error here, before any request."""
+    headers = {}
+    for tenant in tenants:
+        key = env.get(tenant.key_env or API_KEY_ENV, "")
+        if tenant.key_env and not key:
+            raise ValueError(f"tenant {tenant.name}: ${tenant.key_env} holds no API key")
+        headers[tenant.name] = bearer(key)
+    return headers
+
+
+def bearer(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def path_of(kind: Kind, model: str) -> str:

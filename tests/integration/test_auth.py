@@ -183,6 +183,48 @@ def test_audit_log_lines(auth: AuthServer) -> None:
     assert predict["version"] == "1" and predict["method"] == "POST"
 
 
+def test_load_tests_authenticate_as_their_tenants(auth: AuthServer, tmp_path: Path) -> None:
+    """`medserve loadtest` sends each profile tenant's key (from the environment only): its
+    requests are served, and the audit trail names the tenant."""
+    profile = tmp_path / "keyed.yaml"
+    profile.write_text(yaml.safe_dump({
+        "name": "keyed", "duration_s": 6, "models": {"cxr-triage": {"rate_rps": 2.0}},
+        "payloads": {"radiograph_px": 128},
+        "tenants": [{"name": "research", "key_env": "RESEARCH_KEY"}],
+        "slo_overrides": {"cxr-triage": {"latency_threshold_s": 30, "latency_objective": 0.5}},
+    }))
+    out = tmp_path / "out"
+    env = {**os.environ, "RESEARCH_KEY": auth.keys["research"]}
+    run = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "loadtest", "--profile", str(profile),
+         "--host", auth.server.url, "--out", str(out), "--repo", str(MODEL_REPO)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300, env=env, check=False,
+    )
+    rows = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert rows and all(r["ok"] and r["status"] == 200 for r in rows)
+    assert auth.keys["research"] not in "".join(p.read_text(errors="replace")
+                                                for p in out.iterdir() if p.is_file())
+    deadline = time.monotonic() + 30
+    while True:  # the gateway writes each line once the response is sent
+        audited = [json.loads(line) for line in auth.audit.read_text().splitlines()]
+        mine = [x for x in audited if x["tenant"] == "research" and x["model"] == "cxr-triage"
+                and x["route"] == "/v1/imaging/{model}/predict" and x["status"] == 200]
+        if len(mine) >= len(rows) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # polling interval
+    assert len(mine) >= len(rows)
+    # Without the key the run cannot start: a clear error, not a stream of 401s.
+    missing = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "loadtest", "--profile", str(profile),
+         "--host", auth.server.url, "--out", str(tmp_path / "none"), "--repo",
+         str(MODEL_REPO)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, check=False,
+        env={k: v for k, v in os.environ.items() if k != "RESEARCH_KEY"},
+    )
+    assert missing.returncode == 2 and "RESEARCH_KEY" in missing.stderr
+
+
 def test_refuses_non_loopback_without_tenants(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("MEDSERVE_TENANTS_FILE",)}
     env["RAY_TMPDIR"] = str(tmp_path)  # Ray would create its session here

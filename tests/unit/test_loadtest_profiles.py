@@ -12,9 +12,11 @@ import pydicom
 import pytest
 from pydantic import ValidationError
 
-from loadtests.profiles import PROFILES, Payloads, Profile, build_plan, load_profile
+from loadtests.profiles import PROFILES, Payloads, Profile, Tenant, build_plan, load_profile
 from loadtests.workloads import (
+    API_KEY_ENV,
     Mix,
+    auth_headers,
     chat_body,
     imaging_bodies,
     kind_of,
@@ -125,3 +127,15 @@ def test_tenant_and_priority_mix_follows_the_weights() -> None:
     share_stat = sum(1 for _, p in draws if p == "stat") / len(draws)
     assert abs(share_a - 0.75) < 5 * (0.75 * 0.25 / 4000) ** 0.5
     assert abs(share_stat - 0.1) < 5 * (0.1 * 0.9 / 4000) ** 0.5
+
+
+def test_tenants_authenticate_with_keys_from_the_environment() -> None:
+    tenants = [Tenant(name="a", key_env="KEY_A"), Tenant(name="b")]
+    env = {"KEY_A": "key-of-a", API_KEY_ENV: "shared-key"}
+    assert auth_headers(tenants, env) == {"a": {"Authorization": "Bearer key-of-a"},
+                                          "b": {"Authorization": "Bearer shared-key"}}
+    # No key at all: a server without auth, no header.
+    assert auth_headers([Tenant(name="b")], {}) == {"b": {}}
+    # A named variable that is missing is an error before any request, naming the variable.
+    with pytest.raises(ValueError, match=r"\$KEY_A"):
+        auth_headers(tenants, {API_KEY_ENV: "shared-key"})
