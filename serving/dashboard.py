@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serving.metrics import (
+    ADMISSION_IN_FLIGHT,
+    ADMISSION_QUEUED,
+    ADMISSION_WAIT,
     BATCH_SIZE,
     ERRORS,
     INFERENCE,
@@ -45,8 +48,8 @@ def _rate(metric: str, extra: str = "", by: str = BY) -> str:
     return f"sum by ({by}) (rate({exported(metric)}{{{SEL}{extra}}}{RATE}))"
 
 
-def _quantile(q: float, metric: str, extra: str = "") -> str:
-    inner = _rate(metric + "_bucket", extra, by=BY + ", le")
+def _quantile(q: float, metric: str, extra: str = "", by: str = BY) -> str:
+    inner = _rate(metric + "_bucket", extra, by=by + ", le")
     return f"histogram_quantile({q}, {inner})"
 
 
@@ -80,8 +83,8 @@ ROWS = [
               # `or 0 * total`: zero, not "no data", while there are no 5xx at all
               [(f"({_rate(REQUESTS, INFER + FIVE_XX)} or 0 * {_rate(REQUESTS, INFER)}) / "
                 f"{_rate(REQUESTS, INFER)}", WHO)], "percentunit"),
-        Panel("Requests shed", "429/503/504 by reason (at_capacity, replica_unavailable, "
-              "queue_timeout, not_ready, rate_limited).",
+        Panel("Requests shed", "429/503/504 by reason (queue_full, preempted, "
+              "queue_timeout, at_capacity, replica_unavailable, not_ready, rate_limited).",
               [(_rate(REQUESTS_SHED, by=BY + ", reason"), WHO + " {{reason}}")], "reqps"),
         Panel("Errors by type", "Error responses per second by error type.",
               [(_rate(ERRORS, by=BY + ", type"), WHO + " {{type}}")], "reqps"),
@@ -91,6 +94,12 @@ ROWS = [
               _quantiles(REQUEST_DURATION, extra=INFER + ',status_class="2xx"'), "s"),
         Panel("Queue wait", "Wait for a batch slot at the model replica.",
               _quantiles(QUEUE_WAIT, (0.5, 0.99)), "s"),
+        Panel("Admission queue", "Gateway admission: calls in flight and requests waiting "
+              "per model; p99 wait of admitted requests by priority (s).",
+              [(f"sum by ({BY}) ({exported(ADMISSION_IN_FLIGHT)}{{{SEL}}})", WHO + " in flight"),
+               (f"sum by ({BY}) ({exported(ADMISSION_QUEUED)}{{{SEL}}})", WHO + " waiting"),
+               (_quantile(0.99, ADMISSION_WAIT, by=BY + ", priority"),
+                WHO + " {{priority}} wait p99")]),
         Panel("Preprocessing and inference", "Decode + preprocess per request; forward pass "
               "per batch.",
               [(_quantile(0.95, PREPROCESS), WHO + " preprocess p95"),
@@ -114,9 +123,11 @@ ROWS = [
               [(f"{BUDGET_LEFT}{{{SEL}}}", WHO + " {{slo}}")], "percentunit", "stat"),
     ]),
     Row("LLM", [
-        Panel("Time to first token", "Admission to first generated token.",
+        Panel("Time to first token", "Replica receipt (adapter load included) to first "
+              "generated token.",
               _quantiles(LLM_TTFT, (0.5, 0.99)), "s"),
-        Panel("Inter-token latency", "Gap between consecutive generated tokens.",
+        Panel("Inter-token latency", "Gap between consecutive streamed text chunks (a "
+              "chunk is one token or, when the engine runs ahead, a few).",
               _quantiles(LLM_ITL, (0.5, 0.99)), "s"),
         Panel("Tokens per second", "Generated and prompt tokens per second.",
               [(_rate(LLM_GENERATION_TOKENS), WHO + " generated"),

@@ -36,6 +36,9 @@ PREPROCESS = "medserve_preprocess_duration_seconds"
 INFERENCE = "medserve_inference_duration_seconds"
 BATCH_SIZE = "medserve_batch_size"
 REPLICA_READY = "medserve_replica_ready"
+ADMISSION_WAIT = "medserve_admission_wait_seconds"
+ADMISSION_IN_FLIGHT = "medserve_admission_in_flight"
+ADMISSION_QUEUED = "medserve_admission_queued"
 LLM_TTFT = "medserve_llm_time_to_first_token_seconds"
 LLM_ITL = "medserve_llm_inter_token_latency_seconds"
 LLM_DURATION = "medserve_llm_request_duration_seconds"
@@ -198,6 +201,38 @@ class GatewayMetrics:
             self.shed.inc(1, {**where, "reason": shed_reason})
 
 
+class AdmissionMetrics:
+    """The gateway's admission queues (serving/admission.py): how long admitted requests
+    waited for a slot, by priority, and per model the calls in flight and the requests
+    waiting, read from `stats` on a heartbeat. Shed requests are in `REQUESTS_SHED`."""
+
+    def __init__(
+        self, latency_buckets_s: Sequence[float],
+        stats: Callable[[], Iterable[tuple[str, str, int, int]]],
+    ) -> None:
+        """`stats()` yields (model, version, in flight, queued) per admission queue."""
+        sm = _serve_metrics()
+        keys = ("model", "version")
+        self.wait = sm.Histogram(
+            ADMISSION_WAIT, "Wait in the gateway's admission queue, per admitted request.",
+            list(latency_buckets_s), (*keys, "priority"))
+        self.in_flight = sm.Gauge(ADMISSION_IN_FLIGHT,
+                                  "Calls in flight from this gateway to the model.", keys)
+        self.queued = sm.Gauge(ADMISSION_QUEUED,
+                               "Requests waiting in this gateway's admission queue.", keys)
+        self.stats = stats
+        self.stop = heartbeat(self._gauges, heartbeat_period_s())
+
+    def admitted(self, model: str, version: str, priority: str, wait_s: float) -> None:
+        self.wait.observe(wait_s, {"model": model, "version": version, "priority": priority})
+
+    def _gauges(self) -> None:
+        for model, version, in_flight, queued in self.stats():
+            tags = {"model": model, "version": version}
+            self.in_flight.set(float(in_flight), tags)
+            self.queued.set(float(queued), tags)
+
+
 class ModelMetrics:
     """Per-replica metrics of one model deployment: stage latencies, batches, readiness."""
 
@@ -261,6 +296,10 @@ class LLMMetrics:
                                            ("model", "version")), engine_tags)
         self.waiting = _with_tags(sm.Gauge(LLM_WAITING, "Requests waiting for a batch slot.",
                                            ("model", "version")), engine_tags)
+        # The imaging replicas' readiness gauge: "replicas ready" is one query for every model.
+        self.ready = _with_tags(sm.Gauge(
+            REPLICA_READY, "1 while this replica can serve; sum by model and version.",
+            ("model", "version")), engine_tags)
 
     def tags(self, adapter: str | None = None) -> dict[str, str]:
         label = NONE if adapter is None else adapter if adapter in self.adapters else UNKNOWN

@@ -26,6 +26,7 @@ from serving.admission import AdmissionControl, ModelAdmission, Slot
 from serving.config import ClusterConfig, ModelManifest
 from serving.errors import MedserveError, ModelNotFound, QueueTimeout, Unavailable
 from serving.llm.manifest import LLMManifest
+from serving.metrics import AdmissionMetrics, latency_buckets
 from serving.priority import Priority
 from serving.repository import load_repository
 from serving.traffic import Routing, pick, routing
@@ -107,6 +108,7 @@ class Gateway:
         self.admission = AdmissionControl(
             self.config.gateway.num_replicas, self.config.http.request_timeout_s
         )
+        self._admission_metrics: AdmissionMetrics | None = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """A new traffic split, applied in place (a canary step or a rollback)."""
@@ -162,6 +164,31 @@ class Gateway:
         return self.admission.get(handle_key(target.manifest.name, target.version),
                                   target.manifest)
 
+    async def _admit(
+        self, target: Target | LLMTarget, priority: Priority, timeout_s: float
+    ) -> Slot:
+        start = time.monotonic()
+        slot = await self.admission_for(target).acquire(priority, timeout_s)
+        self._metrics().admitted(target.manifest.name, target.version, priority.label,
+                                 time.monotonic() - start)
+        return slot
+
+    def _metrics(self) -> AdmissionMetrics:
+        # Made on first use: Ray's metric objects need the replica this runs in.
+        if self._admission_metrics is None:
+            manifests = [*self.repo.models.values(), *self.repo.llms.values()]
+            self._admission_metrics = AdmissionMetrics(latency_buckets(manifests),
+                                                       self._admission_stats)
+        return self._admission_metrics
+
+    def _admission_stats(self) -> list[tuple[str, str, int, int]]:
+        # Runs on the heartbeat thread: a snapshot of the queues (ints, read atomically).
+        stats = []
+        for key, a in list(self.admission.models.items()):
+            model, version = key.rsplit("/", 1)
+            stats.append((model, version, a.in_flight, a.queued))
+        return stats
+
     async def call(
         self, target: Target | LLMTarget, method: str, *args: Any,
         priority: Priority = Priority.ROUTINE, timeout_s: float | None = None,
@@ -174,7 +201,7 @@ class Gateway:
         """
         timeout_s = timeout_s or self.config.http.request_timeout_s
         deadline = time.monotonic() + timeout_s
-        with await self.admission_for(target).acquire(priority, timeout_s):
+        with await self._admit(target, priority, timeout_s):
             try:
                 return await self._invoke(target, method, args, deadline)
             except Unavailable as exc:
@@ -212,7 +239,7 @@ class Gateway:
         timeout_s = self.config.http.request_timeout_s
         deadline = time.monotonic() + timeout_s
         name = target.manifest.name
-        slot = await self.admission_for(target).acquire(priority, timeout_s)
+        slot = await self._admit(target, priority, timeout_s)
         try:
             try:
                 response, first = await self._open_stream(target, method, args, deadline)

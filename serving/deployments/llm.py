@@ -124,9 +124,11 @@ class LLMModel:
         stats = self.engine.stats()
         self.metrics.running.set(stats.running)
         self.metrics.waiting.set(stats.waiting)
+        self.metrics.ready.set(1.0)  # the heartbeat starts once the engine is loaded
 
     async def chat_stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """start -> delta* -> end events for one chat; used with `.options(stream=True)`."""
+        received = time.perf_counter()  # TTFT counts the adapter load and the engine queue
         adapter_name = serve.get_multiplexed_model_id() or None
         slot = await self._adapter(adapter_name) if adapter_name else None
         # The engine keys sequences by id: the Serve id ties logs together, the suffix keeps a
@@ -135,7 +137,7 @@ class LLMModel:
         events = self.chat_service.stream(
             request_id, ChatRequest(**request), slot.handle if slot else None
         )
-        async for event in self._observed(events, adapter_name):
+        async for event in self._observed(events, adapter_name, received):
             yield event
 
     async def chat(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -150,11 +152,11 @@ class LLMModel:
         return {**end, "text": "".join(parts)}
 
     async def _observed(
-        self, events: AsyncIterator[dict[str, Any]], adapter: str | None
+        self, events: AsyncIterator[dict[str, Any]], adapter: str | None, start: float
     ) -> AsyncIterator[dict[str, Any]]:
         """Pass events through, recording TTFT, inter-token latency and token counts."""
         m = self.metrics
-        start = last = time.perf_counter()
+        last = start
         first = True
         async for event in events:
             if m is not None and event["type"] == "delta":

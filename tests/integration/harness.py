@@ -14,7 +14,7 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.metrics import LLM_RUNNING, REPLICA_READY, exported
+from serving.metrics import REPLICA_READY, exported
 from tests.conftest import MODEL_REPO, Server
 
 
@@ -95,9 +95,7 @@ def metric_total(server: Server, name: str, **labels: str) -> float:
 
 
 def ready_replicas(server: Server, model: str) -> set[str]:
-    """Serve replica ids of a model that report themselves loaded: imaging replicas set
-    `medserve_replica_ready` to 1, LLM replicas keep their engine gauges alive, both on a
-    heartbeat that starts once the model is loaded."""
-    ready = {s.labels["replica"] for s in _samples(server, REPLICA_READY, {"model": model})
-             if s.value == 1}
-    return ready | {s.labels["replica"] for s in _samples(server, LLM_RUNNING, {"model": model})}
+    """Serve replica ids of a model whose `medserve_replica_ready` gauge is 1: imaging and
+    LLM replicas set it on a heartbeat that starts once the model is loaded."""
+    return {s.labels["replica"] for s in _samples(server, REPLICA_READY, {"model": model})
+            if s.value == 1}

@@ -10,6 +10,7 @@ must hold whatever traffic other tests sent.
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -120,15 +121,31 @@ def urgent_histogram(prom: Prometheus, le: str) -> dict[str, float | None]:
             "+Inf": prom.scalar(f'sum({metric}_bucket{{{sel},le="+Inf"}})')}
 
 
+LLM = "clinical-llm"
+ADAPTER = "lung-oncology"
+LLM_SERIES = ("generation_tokens_total", "prompt_tokens_total",
+              "time_to_first_token_seconds_count", "request_duration_seconds_count")
+ADMITTED_URGENT = 'sum(ray_medserve_admission_wait_seconds_count{priority="urgent"})'
+
+
+def llm_counts(prom: Prometheus) -> dict[str, float]:
+    """The LLM's counters, keyed "series adapter" (adapter `none`: the base model)."""
+    return {f"{series} {s['metric']['adapter']}": float(s["value"][1]) for series in LLM_SERIES
+            for s in prom.query(f'sum by (adapter) (ray_medserve_llm_{series}{{model="{LLM}"}})')}
+
+
 @dataclass
 class Traffic:
     before: dict[str, float]  # urgent_counts() before this traffic
     before_histogram: dict[str, float | None]
+    before_llm: dict[str, float]
+    before_admitted: float
     cxr_predict: list[float]  # client-side seconds of each successful request
     cxr_infer: list[float]
     ct_predict: list[float]
     unsupported: int
     unknown: int
+    chat_usage: list[tuple[str, int, int]]  # (adapter label, prompt, completion tokens)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +155,8 @@ def traffic(server: Server, prometheus: Prometheus) -> Traffic:
     eventually(lambda: _assert(prometheus.scalar('up{job="medserve"}') == 1.0))
     threshold = le_label(load_repository(MODEL_REPO).manifest(CXR).slo.latency_threshold_s)
     t = Traffic(urgent_counts(prometheus), urgent_histogram(prometheus, threshold),
-                [], [], [], 0, 0)
+                llm_counts(prometheus), prometheus.scalar(ADMITTED_URGENT) or 0.0,
+                [], [], [], 0, 0, [])
     dcm = make_radiograph(seed=5)
     tensor = {"inputs": [{"name": "image", "shape": [1, 1, 224, 224], "datatype": "FP32",
                           "data": [0.0] * (224 * 224)}]}
@@ -168,10 +186,26 @@ def traffic(server: Server, prometheus: Prometheus) -> Traffic:
         assert status == 404
         t.unknown += 1
 
+    def chat(model: str, stream: bool) -> None:
+        body = {"model": model, "max_tokens": 6, "temperature": 0, "stream": stream,
+                "messages": [{"role": "user", "content": "Follow-up for a 6 mm nodule?"}]}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        r = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=URGENT,
+                       timeout=120)
+        assert r.status_code == 200, r.text
+        usage = (r.json() if not stream else json.loads(
+            [x for x in r.text.splitlines() if x.startswith("data: {")][-1][6:]))["usage"]
+        label = model.partition(":")[2] or "none"
+        t.chat_usage.append((label, usage["prompt_tokens"], usage["completion_tokens"]))
+
     send(1)
     key = f"{CT} {PREDICT} 200"
     eventually(lambda: _assert(urgent_counts(prometheus).get(key) == t.before.get(key, 0) + 1))
     send(4)
+    for model, stream in ((LLM, False), (LLM, True), (f"{LLM}:{ADAPTER}", False),
+                          (f"{LLM}:{ADAPTER}", True)):
+        chat(model, stream)
     return t
 
 
@@ -291,11 +325,51 @@ def test_recording_rules_and_alerts_run_on_the_exported_metrics(prometheus, traf
         eventually(slis)
 
 
-def test_every_dashboard_query_runs_and_the_imaging_panels_have_data(prometheus,
+def test_llm_metrics_count_exactly_the_tokens_and_requests_sent(prometheus, traffic) -> None:
+    """Token counters move by the usage the replies reported, and TTFT and duration by one
+    sample per chat, for the base model and for the adapter, each under its own label."""
+    expected = dict(traffic.before_llm)
+    for label, prompt, completion in traffic.chat_usage:
+        for series, n in (("generation_tokens_total", completion),
+                          ("prompt_tokens_total", prompt),
+                          ("time_to_first_token_seconds_count", 1),
+                          ("request_duration_seconds_count", 1)):
+            key = f"{series} {label}"
+            expected[key] = expected.get(key, 0) + n
+    assert {label for label, _, _ in traffic.chat_usage} == {"none", ADAPTER}
+    eventually(lambda: _assert(llm_counts(prometheus) == expected,
+                               (llm_counts(prometheus), expected)))
+    # The TTFT and inter-token SLO thresholds are exact bucket edges of the exported series.
+    slo = load_repository(MODEL_REPO).llms[LLM].slo
+    for series, threshold in (("time_to_first_token_seconds", slo.ttft_threshold_s),
+                              ("inter_token_latency_seconds", slo.itl_threshold_s)):
+        edges = {s["metric"]["le"] for s in prometheus.query(
+            f'ray_medserve_llm_{series}_bucket{{model="{LLM}"}}')}
+        assert le_label(threshold) in edges, (series, sorted(edges))
+    ready = prometheus.values("sum by (model) (ray_medserve_replica_ready)", "model")
+    assert ready.get(LLM, 0) >= 1
+
+
+def test_admission_wait_counts_every_admitted_request(prometheus, traffic) -> None:
+    """Every urgent request that reached a model passed the gateway's admission queue once;
+    the 415 and the unknown model were refused before it."""
+    admitted = (len(traffic.cxr_predict) + len(traffic.cxr_infer) + len(traffic.ct_predict)
+                + len(traffic.chat_usage))
+    eventually(lambda: _assert(prometheus.scalar(ADMITTED_URGENT)
+                               == traffic.before_admitted + admitted))
+    # The queues' gauges exist per served model and are never negative.
+    for gauge in ("in_flight", "queued"):
+        values = prometheus.values(f"sum by (model) (ray_medserve_admission_{gauge})", "model")
+        assert {CXR, CT, LLM} <= set(values) and min(values.values()) >= 0, (gauge, values)
+
+
+def test_every_dashboard_query_runs_and_the_panels_have_data(prometheus,
                                                                       traffic) -> None:
     must_have_data = {"Request rate", "5xx error ratio", "End-to-end latency", "Queue wait",
-                      "Preprocessing and inference", "Batch size", "Replicas ready",
-                      "SLI vs objective (1h)", "Burn rate (1h)", "Error budget left (3d)"}
+                      "Admission queue", "Preprocessing and inference", "Batch size",
+                      "Replicas ready", "SLI vs objective (1h)", "Burn rate (1h)",
+                      "Error budget left (3d)", "Time to first token", "Inter-token latency",
+                      "Tokens per second", "Running and waiting requests"}
     grafana = {"$model": ".*", "$version": ".*", "$__rate_interval": "1m"}
 
     def run_all() -> None:
