@@ -85,7 +85,8 @@ async def predict(request: Request, model: str, version: str | None = None) -> P
     ctype = media_type(request)
     if ctype not in manifest.content_types:
         raise UnsupportedMediaType(
-            f"{model} accepts {', '.join(manifest.content_types)}; got {ctype or 'no content type'}"
+            f"{model} accepts {', '.join(manifest.content_types)}; got "
+            + ("another content type" if ctype else "no content type")
         )
     parts = await study_parts(request, ctype, gw.config.limits)
     result = await gw.call(target, "predict", Payload(ctype, parts), priority=priority)

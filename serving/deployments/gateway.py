@@ -41,6 +41,11 @@ def handle_key(model: str, version: str) -> str:
     return f"{model}/{version}"
 
 
+def _split_key(key: str) -> tuple[str, str]:
+    model, _, version = key.rpartition("/")
+    return model, version
+
+
 @dataclass(frozen=True)
 class Target:
     """A resolved (model, version) and the handle of the deployment serving it."""
@@ -141,7 +146,8 @@ class Gateway:
         name, _, adapter = model.partition(":")
         manifest = self.repo.llms.get(name)
         if manifest is None or (adapter and adapter not in {a.name for a in manifest.adapters}):
-            raise ModelNotFound(f"The model {model!r} does not exist")
+            # Never the client's text back (it could be anything): where to find the names.
+            raise ModelNotFound("The model does not exist; GET /v1/models lists the models")
         handle = self.handles.get(handle_key(name, manifest.served_version))
         if handle is None:
             raise ModelNotFound(f"model {name!r} is not served")
@@ -152,12 +158,15 @@ class Gateway:
     def resolve(self, model: str, version: str | None = None) -> Target:
         manifest = self.repo.models.get(model)
         if manifest is None:
-            raise ModelNotFound(f"unknown model {model!r}")
+            raise ModelNotFound(
+                f"unknown model; this server has {', '.join(sorted(self.repo.models))}"
+            )
         split = self.traffic.traffic.get(model)
         label = version or (pick(split, self.rng) if split else manifest.served_version)
         handle = self.handles.get(handle_key(model, label))
         if handle is None:
-            raise ModelNotFound(f"model {model!r} has no served version {label!r}")
+            served = ", ".join(v for m, v in map(_split_key, self.handles) if m == model)
+            raise ModelNotFound(f"model {model!r} has no such served version; served: {served}")
         return Target(manifest, label, handle)
 
     def admission_for(self, target: Target | LLMTarget) -> ModelAdmission:
@@ -183,11 +192,8 @@ class Gateway:
 
     def _admission_stats(self) -> list[tuple[str, str, int, int]]:
         # Runs on the heartbeat thread: a snapshot of the queues (ints, read atomically).
-        stats = []
-        for key, a in list(self.admission.models.items()):
-            model, version = key.rsplit("/", 1)
-            stats.append((model, version, a.in_flight, a.queued))
-        return stats
+        return [(*_split_key(key), a.in_flight, a.queued)
+                for key, a in list(self.admission.models.items())]
 
     async def call(
         self, target: Target | LLMTarget, method: str, *args: Any,

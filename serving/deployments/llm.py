@@ -108,7 +108,7 @@ class LLMModel:
         try:
             self.manifest.adapter(name)
         except KeyError:
-            raise ModelNotFound(f"model {self.manifest.name!r} has no adapter {name!r}") from None
+            raise ModelNotFound(f"model {self.manifest.name!r} has no such adapter") from None
         start = time.perf_counter()
         for f in self.repo.llm_files(self.manifest.name):
             if f.label.startswith(f"{self.manifest.name}:{name} "):

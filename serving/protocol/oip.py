@@ -63,9 +63,9 @@ class InferRequest:
 
 
 def _q(name: object) -> str:
-    """Quote a client-supplied name for an error message, bounded in length."""
-    text = str(name)
-    return repr(text if len(text) <= 64 else text[:61] + "...")
+    """Quote a name of the model's own (from its manifest) for an error message. Names a
+    client sent are never quoted back: errors point at them by position (`inputs[0]`)."""
+    return repr(str(name))
 
 
 def _dims(shape: Sequence[int]) -> str:
@@ -147,7 +147,7 @@ def _parse_input(
     name = spec.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"inputs[{index}]: 'name' must be a non-empty string")
-    where = f"input {_q(name)}"
+    where = f"inputs[{index}]"
     shape = spec.get("shape")
     if not isinstance(shape, list) or any(type(d) is not int or d < 0 for d in shape):
         raise InvalidInput(f"{where}: 'shape' must be a list of non-negative integers")
@@ -203,7 +203,7 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     for index, spec in enumerate(specs):
         name, array, offset = _parse_input(index, spec, raw, offset)
         if name in inputs:
-            raise InvalidInput(f"input {_q(name)} is given more than once")
+            raise InvalidInput(f"inputs[{index}]: this input name is given more than once")
         inputs[name] = array
     if offset != len(body):
         raise InvalidInput(
@@ -223,7 +223,7 @@ def _parse_outputs(specs: object, binary_default: bool) -> list[RequestedOutput]
     for index, spec in enumerate(specs):
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise InvalidInput(f"outputs[{index}] must be an object with a string 'name'")
-        where = f"output {_q(spec['name'])}"
+        where = f"outputs[{index}]"
         if any(o.name == spec["name"] for o in outputs):
             raise InvalidInput(f"{where} is requested more than once")
         params = _params(where, spec)
@@ -241,10 +241,9 @@ def validate_inputs(inputs: dict[str, np.ndarray], specs: Sequence[TensorSpecLik
         if spec.name not in inputs:
             expect = f"{spec.datatype} {_dims(spec.shape)}"
             raise InvalidInput(f"missing input {_q(spec.name)} (expected {expect})")
-    for name in inputs:
-        if name not in expected:
-            names = ", ".join(sorted(expected))
-            raise InvalidInput(f"unexpected input {_q(name)}; expected: {names}")
+    if set(inputs) - expected:
+        names = ", ".join(_q(n) for n in sorted(expected))
+        raise InvalidInput(f"an input name the model does not have; its inputs: {names}")
     for spec in specs:
         array, where = inputs[spec.name], f"input {_q(spec.name)}"
         got = datatype_of(array)
@@ -263,9 +262,10 @@ def select_outputs(
     """Pick the requested outputs in request order, each with whether to send it as binary."""
     if request.outputs is None:
         return [(name, array, request.binary_output_default) for name, array in outputs.items()]
-    for wanted in request.outputs:
+    for index, wanted in enumerate(request.outputs):
         if wanted.name not in outputs:
-            raise InvalidInput(f"unknown output {_q(wanted.name)}; available: {', '.join(outputs)}")
+            raise InvalidInput(f"outputs[{index}]: not an output of the model; its outputs: "
+                               f"{', '.join(_q(n) for n in outputs)}")
     return [(o.name, outputs[o.name], o.binary) for o in request.outputs]
 
 

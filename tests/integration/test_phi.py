@@ -106,6 +106,13 @@ def imaging_requests() -> Iterator[tuple[str, str, dict[str, object], int]]:
     yield "png-text-chunk", cxr, {"content": _png_with_text(), "headers": {
         "Content-Type": "image/png"}}, 200
     yield "dicom-as-png", cxr, {"content": dx, "headers": {"Content-Type": "image/png"}}, 400
+    # Client text in the URL and the headers: a model name, a version, a content type.
+    yield "unknown-model-name", f"/v1/imaging/{marker('MODEL').lower()}/predict", {
+        "content": dx, "headers": DICOM}, 404
+    yield "unknown-version", f"/v1/imaging/cxr-triage/versions/{marker('VERSION')}/predict", {
+        "content": dx, "headers": DICOM}, 404
+    yield "content-type-marker", cxr, {"content": dx, "headers": {
+        "Content-Type": f"application/{marker('CTYPE').lower()}"}}, 415
     series = _series()
     yield "ct-zip", ct, {"content": zip_series(series), "headers": {
         "Content-Type": "application/zip"}}, 200
@@ -137,6 +144,10 @@ def oip_requests() -> Iterator[tuple[str, str, dict[str, object], int]]:
     yield "oip-wrong-count", url, {"json": {**meta, "inputs": [{**image, "data": data[:9]}]}}, 400
     yield "oip-wrong-datatype", url, {"json": {**meta, "inputs": [
         {**image, "datatype": marker("DTYPE"), "data": data}]}}, 400
+    yield "oip-input-name", url, {"json": {**meta, "inputs": [
+        {**image, "name": marker("INPUTNAME"), "data": data}]}}, 400
+    yield "oip-output-name", url, {"json": {**meta, "inputs": [{**image, "data": data}],
+                                            "outputs": [{"name": marker("OUTPUTNAME")}]}}, 400
     yield "oip-malformed-json", url, {"content": f'{{"id": "{marker("BROKEN")}", '.encode(),
                                       "headers": JSON}, 400
     header = json.dumps({**meta, "inputs": [
@@ -158,6 +169,9 @@ def chat_requests() -> Iterator[tuple[str, str, dict[str, object], int]]:
     yield "chat-over-context", url, {"json": {**base, "messages": [
         {"role": "user", "content": PROMPT * 400}]}}, 400
     yield "chat-unknown-adapter", url, {"json": {**base, "model": "clinical-llm:no-such"}}, 404
+    yield "chat-unknown-model", url, {"json": {**base, "model": marker("LLMNAME")}}, 404
+    yield "chat-adapter-marker", url, {"json": {**base,
+                                                "model": f"clinical-llm:{marker('ADAPTER')}"}}, 404
     yield "chat-invalid-field", url, {"json": {**base, "temperature": marker("TEMP")}}, 400
     yield "chat-extra-field", url, {"json": {**base, "patient": marker("EXTRA")}}, 400
     yield "chat-malformed-json", url, {"content": f'{{"messages": "{PROMPT}'.encode(),
