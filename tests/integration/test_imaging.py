@@ -17,6 +17,8 @@ from serving.imaging.pipeline import Payload, make_pipeline
 from serving.repository import load_repository
 from serving.samples import make_ct_series, make_png, make_radiograph, zip_series
 from tests.conftest import MODEL_REPO, TEST_LIMITS, Server
+from tests.integration.harness import binary_infer, metric_total
+from tests.prom import eventually
 
 DICOM = {"Content-Type": "application/dicom"}
 MR_SMALL = Path(get_testdata_file("MR_small.dcm")).read_bytes()
@@ -115,7 +117,7 @@ def test_ct_series_detection(server: Server, container: str) -> None:
         ("lung-nodule-ct", make_radiograph(), "application/dicom", 415, "application/zip"),
         ("lung-nodule-ct", zip_series([make_radiograph()] * 3), "application/zip", 422, "CT"),
         ("lung-nodule-ct", b"PK\x03\x04 not a zip", "application/zip", 400, "zip"),
-        ("no-such-model", make_png(), "image/png", 404, "no-such-model"),
+        ("no-such-model", make_png(), "image/png", 404, "cxr-triage, lung-nodule-ct"),
     ],
     ids=["not-dicom", "truncated", "wrong-modality", "no-pixels", "bad-png", "wrong-type",
          "instance-to-volume-model", "dx-series-to-ct", "bad-zip", "unknown-model"],
@@ -125,6 +127,55 @@ def test_bad_input_gets_clear_4xx(server, model, content, ctype, status, needle)
     assert r.status_code == status, r.text
     message = r.json()["error"]
     assert isinstance(message, str) and needle in message
+
+
+# pydicom's own malformed files, as they are: truncated, a bad VR, no or a broken Part 10
+# header, empty values. Each is refused by what is wrong with it for a radiograph model:
+# its modality (422, checked first) or an unreadable file (400).
+MALFORMED = {
+    "MR_truncated.dcm": 422, "badVR.dcm": 422, "empty_charset_LEI.dcm": 422,
+    "meta_missing_tsyntax.dcm": 400, "no_meta.dcm": 400, "no_meta_group_length.dcm": 422,
+    "reportsi_with_empty_number_tags.dcm": 422, "rtplan_truncated.dcm": 422,
+}
+
+
+@pytest.mark.parametrize(("name", "status"), sorted(MALFORMED.items()))
+def test_pydicom_malformed_files_get_a_clear_4xx(server: Server, name: str, status: int) -> None:
+    data = Path(get_testdata_file(name)).read_bytes()
+    r = predict(server, "cxr-triage", content=data, headers=DICOM)
+    assert r.status_code == status, r.text
+    assert ("accepted modalities: CR, DX" if status == 422 else "DICOM") in r.json()["error"]
+
+
+def test_concurrent_requests_share_batches(server: Server) -> None:
+    """Eight radiographs at once: the replica's `@serve.batch` runs them in fewer forward
+    passes than requests (the batch-size histogram counts one sample per batch)."""
+    body, headers = binary_infer("image", np.zeros((1, 1, 224, 224), np.float32))
+    labels = {"model": "cxr-triage"}
+
+    def counts() -> tuple[float, float]:
+        return (metric_total(server, "medserve_queue_wait_seconds_count", **labels),
+                metric_total(server, "medserve_batch_size_count", **labels))
+
+    requests_before, batches_before = counts()
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            replies = await asyncio.gather(*(
+                client.post("/v2/models/cxr-triage/infer", content=body, headers=headers)
+                for _ in range(8)))
+        return [r.status_code for r in replies]
+
+    assert asyncio.run(burst()) == [200] * 8
+
+    def settled() -> tuple[float, float]:
+        got = counts()
+        assert got[0] == requests_before + 8, got  # every request reached a batch once
+        return got
+
+    batches = eventually(settled)[1] - batches_before
+    print(f"\n8 concurrent requests ran in {batches:g} batches")
+    assert 1 <= batches < 8
 
 
 def test_oversized_body_is_413(server: Server) -> None:
