@@ -20,6 +20,7 @@ from serving.metrics import (
     INFERENCE,
     LLM_ADAPTER_LOAD_DURATION,
     LLM_ADAPTER_LOADS,
+    LLM_ADAPTERS_LOADED,
     LLM_GENERATION_TOKENS,
     LLM_ITL,
     LLM_PROMPT_TOKENS,
@@ -135,9 +136,12 @@ ROWS = [
         Panel("Running and waiting requests", "Sequences in the engine batch and queued.",
               [(f"sum by ({BY}) ({exported(LLM_RUNNING)}{{{SEL}}})", WHO + " running"),
                (f"sum by ({BY}) ({exported(LLM_WAITING)}{{{SEL}}})", WHO + " waiting")]),
-        Panel("Adapter loads", "Adapter loads per second and their p95 load time.",
+        Panel("Adapter loads", "Adapter loads per second, their p95 load time, and the most "
+              "adapters one replica holds.",
               [(_rate(LLM_ADAPTER_LOADS, by=BY + ", adapter"), WHO + " {{adapter}} loads/s"),
-               (_quantile(0.95, LLM_ADAPTER_LOAD_DURATION), WHO + " load p95 (s)")]),
+               (_quantile(0.95, LLM_ADAPTER_LOAD_DURATION), WHO + " load p95 (s)"),
+               (f"max by ({BY}) ({exported(LLM_ADAPTERS_LOADED)}{{{SEL}}})",
+                WHO + " held per replica (max)")]),
     ]),
 ]
 

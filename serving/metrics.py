@@ -46,6 +46,7 @@ LLM_PROMPT_TOKENS = "medserve_llm_prompt_tokens_total"
 LLM_GENERATION_TOKENS = "medserve_llm_generation_tokens_total"
 LLM_RUNNING = "medserve_llm_requests_running"
 LLM_WAITING = "medserve_llm_requests_waiting"
+LLM_ADAPTERS_LOADED = "medserve_llm_adapters_loaded"
 LLM_ADAPTER_LOADS = "medserve_llm_adapter_loads_total"
 LLM_ADAPTER_LOAD_DURATION = "medserve_llm_adapter_load_duration_seconds"
 
@@ -296,6 +297,9 @@ class LLMMetrics:
                                            ("model", "version")), engine_tags)
         self.waiting = _with_tags(sm.Gauge(LLM_WAITING, "Requests waiting for a batch slot.",
                                            ("model", "version")), engine_tags)
+        self.adapters_loaded = _with_tags(sm.Gauge(
+            LLM_ADAPTERS_LOADED, "Adapters this replica holds (at most max_adapters_per_replica).",
+            ("model", "version")), engine_tags)
         # The imaging replicas' readiness gauge: "replicas ready" is one query for every model.
         self.ready = _with_tags(sm.Gauge(
             REPLICA_READY, "1 while this replica can serve; sum by model and version.",

@@ -124,6 +124,7 @@ class LLMModel:
         stats = self.engine.stats()
         self.metrics.running.set(stats.running)
         self.metrics.waiting.set(stats.waiting)
+        self.metrics.adapters_loaded.set(stats.adapters_loaded)
         self.metrics.ready.set(1.0)  # the heartbeat starts once the engine is loaded
 
     async def chat_stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:

@@ -17,8 +17,17 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from serving.metrics import (
+    LLM_ADAPTER_LOADS,
+    LLM_ADAPTERS_LOADED,
+    LLM_DURATION,
+    LLM_RUNNING,
+    LLM_WAITING,
+)
 from serving.repository import load_repository
 from tests.conftest import MODEL_REPO, Server
+from tests.integration.harness import metric_total, ready_replicas
+from tests.prom import eventually
 
 LLM = "clinical-llm"
 MESSAGES = [{"role": "user", "content": "A 71-year-old former smoker has a lung nodule."}]
@@ -192,16 +201,72 @@ def test_concurrent_streams_each_match_their_reference(server: Server,
     assert asyncio.run(all_at_once()) == references
 
 
-def test_client_disconnect_mid_stream_leaves_the_server_serving(server: Server,
-                                                                 client: openai.OpenAI) -> None:
-    body = {"model": LLM, "messages": MESSAGES, "max_tokens": 400, "stream": True}
+def _llm_total(server: Server, name: str, **labels: str) -> float:
+    return metric_total(server, name, model=LLM, **labels)
+
+
+def test_client_disconnect_mid_stream_frees_its_slot(server: Server, client: openai.OpenAI,
+                                                     manifest: Any) -> None:
+    """Clients that walk away mid-stream cancel their generation: the engine's running
+    count drops back to zero without any of them reaching its end (a finished request
+    records its duration once), and the server goes on serving. The streams use an adapter
+    no other test asks for, so its duration count moves only with them."""
+    adapter = manifest.adapters[-1].name
+    finished = f"{LLM_DURATION}_count"
+    before = _llm_total(server, finished, adapter=adapter)
+    body = {"model": f"{LLM}:{adapter}", "messages": MESSAGES, "max_tokens": 400,
+            "stream": True, "temperature": 0}
     for _ in range(3):
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body,
                           timeout=120) as response:
             for line in response.iter_lines():
                 if '"content":"' in line and '"content":""' not in line:
                     break  # walk away with the reply mid-flight
-    assert complete(client).choices[0].finish_reason in ("stop", "length")
+
+    def idle() -> None:
+        assert _llm_total(server, LLM_RUNNING) == 0
+        assert _llm_total(server, LLM_WAITING) == 0
+
+    eventually(idle, 120)
+    assert _llm_total(server, finished, adapter=adapter) == before  # none ran to its end
+    assert complete(client, f"{LLM}:{adapter}").choices[0].finish_reason in ("stop", "length")
+    eventually(lambda: _assert(_llm_total(server, finished, adapter=adapter) == before + 1))
+
+
+def test_adapters_beyond_the_replica_lru_are_evicted_and_reloaded(
+    server: Server, client: openai.OpenAI, manifest: Any,
+) -> None:
+    """More adapters than `max_adapters_per_replica`: a replica holds that many at most,
+    the least recently used one goes, and it is loaded again when asked for."""
+    keep = manifest.engine.max_adapters_per_replica
+    names = [a.name for a in manifest.adapters][: keep + 2]
+    assert len(names) == keep + 2, "the repository needs more adapters than the LRU keeps"
+    assert len(ready_replicas(server, LLM)) == 1  # one replica: every load is its own
+
+    def ask(name: str) -> None:
+        assert complete(client, f"{LLM}:{name}", max_tokens=1).choices
+
+    def loads() -> dict[str, float]:
+        return {n: metric_total(server, LLM_ADAPTER_LOADS, model=LLM, adapter=n)
+                for n in names}
+
+    for name in names:  # whatever it held before, the replica now holds the last `keep`
+        ask(name)
+    eventually(lambda: _assert(_llm_total(server, LLM_ADAPTERS_LOADED) == keep))
+    before = loads()
+    oldest_kept, newest = names[-keep], names[-1]
+    for name in (names[0], newest, oldest_kept):
+        ask(name)
+    # names[0] was not held: loaded, evicting the least recently used (oldest_kept), which is
+    # loaded again when asked for; the newest was held and is not loaded again.
+    expected = {**before, names[0]: before[names[0]] + 1,
+                oldest_kept: before[oldest_kept] + 1}
+    eventually(lambda: _assert(loads() == expected))
+    eventually(lambda: _assert(_llm_total(server, LLM_ADAPTERS_LOADED) == keep))
+
+
+def _assert(condition: bool) -> None:
+    assert condition
 
 
 def test_readiness_includes_the_llm(server: Server) -> None:
