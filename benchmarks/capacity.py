@@ -2,7 +2,9 @@
 predicted by the planner's queueing model, then measured with the open-loop load test.
 
 1. start Medserve with only the model, pinned to one replica (as `medserve capacity` does);
-2. profile it (closed-loop concurrency sweep) and fit the planner's M/D/1 station;
+2. profile it (closed-loop concurrency sweep) and fit the planner's station: a batch server
+   for a model that batches (a batch of k takes the p50 measured at concurrency k), M/D/1
+   for one that does not;
 3. predict the highest Poisson rate with P(latency <= threshold) >= objective;
 4. measure: open-loop gate runs at constant rates around the prediction; the measured limit
    is where the fraction under the threshold crosses the objective, linearly interpolated
@@ -12,7 +14,8 @@ predicted by the planner's queueing model, then measured with the open-loop load
 Run it on a quiet machine: the prediction and the measurements are minutes apart, and a
 neighbour's CPU load in between moves one but not the other. `--target stub` runs the same
 procedure against loadtests/stub.py (one FIFO server, fixed service time, no CPU work): a
-control that checks the method (profile, fit, M/D/1, open-loop measurement) apart from noise.
+control that checks the method (profile, fit, M/D/1 as it does not batch, open-loop
+measurement) apart from noise.
 
     python benchmarks/capacity.py [--target medserve|stub] [--model cxr-triage] [--run-s 60]
 """
@@ -97,7 +100,9 @@ def main() -> None:
         else:
             url = stack.enter_context(one_replica_server(repo.root, [args.model])).url
         levels = profile_http(url, args.model, kind, Payloads(), [], args.seconds)
-        f = fit(ModelProfile(args.model, kind, levels), manifest)
+        # The stub serves one request at a time; Medserve batches as the manifest says.
+        f = fit(ModelProfile(args.model, kind, levels), manifest,
+                max_batch=1 if args.target == "stub" else None)
         target = f.target
         predicted = f.station.max_rate(1, target.threshold_s, target.objective, Arrivals.make())
         console.print(f"profile: {f.basis}; predicted limit {predicted:.2f} req/s")

@@ -2,22 +2,27 @@
 GPUs, cost and autoscaling bounds per model out.
 
 Each model becomes a queue (loadtests.queueing.Station) fitted from its profile:
-- imaging: one slot per replica, deterministic service D = 1 / saturated throughput, plus the
-  unloaded latency that is not the bottleneck (network, decode) as a fixed offset;
+- imaging, batching (`batching.max_batch_size` > 1): each replica a batch server. A batch of
+  k takes what the profile measured at concurrency k: k closed-loop clients move in lockstep,
+  so each round is one batch of k, and its p50 latency is that batch's time end to end;
+- imaging, one request at a time: one slot per replica, deterministic service D = 1 /
+  saturated throughput, plus the unloaded latency that is not the bottleneck (network,
+  decode) as a fixed offset;
 - LLM: as many slots per replica as the highest concurrency whose inter-token p99 met the
   ITL objective, D = mean stream duration there, TTFT at that concurrency as the offset.
-Replicas are the fewest for which P(offset + wait <= threshold) >= objective at the peak rate
-plus headroom (M/D/c waiting times); GPUs follow from the manifest's GPU fraction.
+Replicas are the fewest for which P(latency <= threshold) >= objective at the peak rate plus
+headroom (simulated M/D/c or batch-server latencies); GPUs follow from the manifest's GPU
+fraction.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from loadtests.profiler import ModelProfile
-from loadtests.queueing import Arrivals, Station, simulate_waits
+from loadtests.profiler import Level, ModelProfile
+from loadtests.queueing import Arrivals, Station
 from loadtests.slo import LatencyTarget, slo_of
 from loadtests.traffic import Rollout
 
@@ -31,12 +36,37 @@ class Fit:
     basis: str  # what the fit rests on, for the report
 
 
-def fit(profile: ModelProfile, manifest: Any) -> Fit:
+def batch_times(levels: list[Level], limit: int) -> tuple[float, ...]:
+    """Seconds for a batch of 1..limit: the p50 at that concurrency, linear in between and
+    extended past the last concurrency profiled along its last segment."""
+    known = sorted((lv.concurrency, lv.p50_s) for lv in levels)
+    out = []
+    for k in range(1, limit + 1):
+        lower = [p for p in known if p[0] <= k] or known[:1]
+        upper = [p for p in known if p[0] >= k] or known[-1:]
+        (k0, s0), (k1, s1) = lower[-1], upper[0]
+        if k0 == k1 and len(known) > 1 and k > known[-1][0]:  # past the last level
+            (k0, s0), (k1, s1) = known[-2], known[-1]
+        out.append(s0 if k1 == k0 else s0 + (s1 - s0) * (k - k0) / (k1 - k0))
+    return tuple(out)
+
+
+def fit(profile: ModelProfile, manifest: Any, max_batch: int | None = None) -> Fit:
+    """`max_batch`: the replica's batch limit (default: the manifest's)."""
     slo = slo_of(profile.model, manifest)
     targets = {t.metric: t for t in slo.targets}
     levels = [lv for lv in profile.levels if lv.throughput > 0]
     if not levels:
         raise ValueError(f"{profile.model}: the profile has no successful level")
+    batching = getattr(manifest, "batching", None)  # LLM manifests batch in their engine
+    limit = int(max_batch or (batching.max_batch_size if batching is not None else 1))
+    if profile.kind != "chat" and limit > 1:
+        batches = batch_times(levels, limit)
+        top = max(k / t for k, t in enumerate(batches, 1))
+        station = Station(1.0 / top, 1, 0.0, batch_s=batches)
+        basis = (f"batches of 1..{limit} in {batches[0] * 1e3:.0f}..{batches[-1] * 1e3:.0f} ms "
+                 f"(at most {top:.2f}/s)")
+        return Fit(station, targets["latency"], basis)
     if profile.kind != "chat":
         best = max(levels, key=lambda lv: lv.throughput)
         first = min(levels, key=lambda lv: lv.concurrency)
@@ -50,7 +80,8 @@ def fit(profile: ModelProfile, manifest: Any) -> Fit:
               and lv.errors == 0]
     chosen = max(within or [min(levels, key=lambda lv: lv.concurrency)],
                  key=lambda lv: lv.concurrency)
-    station = Station(chosen.mean_s, chosen.concurrency, chosen.ttft_p50_s or 0.0)
+    station = Station(chosen.mean_s, chosen.concurrency, chosen.ttft_p50_s or 0.0,
+                      counts_service=False)
     basis = (f"{chosen.concurrency} streams/replica (ITL p99 "
              f"{(chosen.itl_p99_s or math.nan) * 1e3:.0f} ms), stream {chosen.mean_s:.2f} s")
     return Fit(station, targets["ttft"], basis)
@@ -73,11 +104,13 @@ class ModelPlan:
         return (self.replicas or 0) * self.gpus_per_replica
 
 
-def _mean_latency(station: Station, lam: float, arrivals: Arrivals) -> float:
+def _mean_in_flight_time(station: Station, lam: float, arrivals: Arrivals) -> float:
+    """Mean time a request is in flight at the replica (wait and the whole service)."""
+    whole = replace(station, counts_service=True)
     if lam <= 0:
-        return station.offset_s + station.service_s
-    waits = simulate_waits(lam, station.service_s, station.slots_per_replica, arrivals)
-    return station.offset_s + sum(waits) / len(waits) + station.service_s
+        return whole.offset_s + (whole.batch_s[0] if whole.batch_s else whole.service_s)
+    latencies = whole.latencies(lam, 1, arrivals)
+    return sum(latencies) / len(latencies)
 
 
 def plan_model(profile: ModelProfile, manifest: Any, rollout: Rollout,
@@ -93,7 +126,7 @@ def plan_model(profile: ModelProfile, manifest: Any, rollout: Rollout,
     # The autoscaler's set point: in-flight requests of one replica run `headroom` below its
     # SLO limit (Little's law: ongoing = rate x mean latency).
     operating = per_replica / headroom
-    target = operating * _mean_latency(st, operating, arrivals)
+    target = operating * _mean_in_flight_time(st, operating, arrivals)
     return ModelPlan(
         model=profile.model, fit=f, peak_rps=peak, plan_rps=peak * headroom,
         max_rps_per_replica=per_replica, replicas=replicas,

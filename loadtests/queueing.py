@@ -1,10 +1,15 @@
-"""Queueing maths for the capacity planner: Erlang C (M/M/c) and M/D/c.
+"""Queueing maths for the capacity planner: Erlang C (M/M/c), M/D/c and batch servers.
 
 A replica is modelled as `slots` servers with a deterministic service time D (an imaging
-replica: one slot, D = 1 / its saturated throughput; an LLM replica: as many slots as
-concurrent streams it holds within its inter-token objective). Erlang C gives the M/M/c
-answer in closed form; M/D/c has no simple closed form for c > 1, so its waiting-time
-distribution is simulated (FIFO, Poisson arrivals), with the exact M/D/1 formula as a check.
+replica that does not batch: one slot, D = 1 / its saturated throughput; an LLM replica: as
+many slots as concurrent streams it holds within its inter-token objective). Erlang C gives
+the M/M/c answer in closed form; M/D/c has no simple closed form for c > 1, so its
+waiting-time distribution is simulated (FIFO, Poisson arrivals), with the exact M/D/1 formula
+as a check. A replica that batches (`@serve.batch`) is a batch server: when free it takes
+every waiting request up to its batch limit, and all of them finish together after the
+batch's service time, which grows with the batch (on a CPU, nearly in proportion). Under load
+batches fill up, so every request in one waits for the whole batch: M/D/1 with the saturated
+per-item time would miss exactly that part of the tail.
 """
 
 from __future__ import annotations
@@ -92,6 +97,34 @@ def simulate_waits(
     return waits
 
 
+def simulate_batches(
+    lam: float, batch_s: Sequence[float], servers: int, arrivals: Arrivals,
+    warmup: float = 0.1,
+) -> list[float]:
+    """Sojourn times (wait + service) of Poisson arrivals at `servers` batch servers that
+    share one FIFO queue: a free server takes up to `len(batch_s)` waiting requests and
+    finishes them together `batch_s[k - 1]` seconds later for a batch of k."""
+    limit = len(batch_s)
+    times = []
+    t = 0.0
+    for gap in arrivals.gaps:
+        t += gap / lam
+        times.append(t)
+    free = [0.0] * servers  # a heap of the times the servers next become free
+    sojourns: list[float] = []
+    i, n = 0, len(times)
+    while i < n:
+        start = max(free[0], times[i])
+        j = i
+        while j < n and j - i < limit and times[j] <= start:
+            j += 1
+        done = start + batch_s[j - i - 1]
+        heapq.heapreplace(free, done)
+        sojourns.extend(done - a for a in times[i:j])
+        i = j
+    return sojourns[int(len(sojourns) * warmup):]
+
+
 def fraction_within(waits: Sequence[float], budget_s: float) -> float:
     if budget_s < 0:
         return 0.0
@@ -100,31 +133,54 @@ def fraction_within(waits: Sequence[float], budget_s: float) -> float:
 
 @dataclass(frozen=True)
 class Station:
-    """A model's replicas as a queue: what the planner searches over."""
+    """A model's replicas as a queue: what the planner searches over.
 
-    service_s: float  # deterministic service time of one slot
+    The latency judged is offset + wait, plus the service itself when `counts_service` (an
+    imaging request's latency ends with its forward pass; an LLM's TTFT does not wait for
+    the stream to end). With `batch_s` each replica is one batch server instead, and the
+    latency is offset + its sojourn (wait + its batch's service)."""
+
+    service_s: float  # deterministic service time of one slot (per item, when saturated)
     slots_per_replica: int  # servers per replica
     offset_s: float  # latency outside the bottleneck (network, decode, prefill...)
+    counts_service: bool = True
+    batch_s: tuple[float, ...] = ()  # service of a batch of 1, 2, ... items
+
+    @property
+    def per_slot_rate(self) -> float:
+        """Most requests per second one slot completes."""
+        if self.batch_s:
+            return max(k / s for k, s in enumerate(self.batch_s, 1))
+        return 1.0 / self.service_s
+
+    def latencies(self, lam: float, replicas: int, arrivals: Arrivals) -> list[float]:
+        servers = replicas * self.slots_per_replica
+        if self.batch_s:
+            return [self.offset_s + x
+                    for x in simulate_batches(lam, self.batch_s, servers, arrivals)]
+        base = self.offset_s + (self.service_s if self.counts_service else 0.0)
+        return [base + w for w in simulate_waits(lam, self.service_s, servers, arrivals)]
 
     def holds(
         self, lam: float, replicas: int, threshold_s: float, objective: float,
         arrivals: Arrivals,
     ) -> bool:
-        """Does P(offset + W <= threshold) >= objective at rate `lam`?"""
-        servers = replicas * self.slots_per_replica
+        """Does P(latency <= threshold) >= objective at rate `lam`?"""
         if lam <= 0:
-            return self.offset_s <= threshold_s
-        if lam * self.service_s >= servers:
+            unloaded = self.batch_s[0] if self.batch_s else (
+                self.service_s if self.counts_service else 0.0)
+            return self.offset_s + unloaded <= threshold_s
+        if lam >= replicas * self.slots_per_replica * self.per_slot_rate:
             return False
-        waits = simulate_waits(lam, self.service_s, servers, arrivals)
-        return fraction_within(waits, threshold_s - self.offset_s) >= objective
+        latencies = self.latencies(lam, replicas, arrivals)
+        return fraction_within(latencies, threshold_s) >= objective
 
     def max_rate(
         self, replicas: int, threshold_s: float, objective: float, arrivals: Arrivals,
         tolerance: float = 0.002,
     ) -> float:
         """Highest Poisson rate `replicas` hold within the objective (bisection)."""
-        lo, hi = 0.0, replicas * self.slots_per_replica / self.service_s
+        lo, hi = 0.0, replicas * self.slots_per_replica * self.per_slot_rate
         if not self.holds(lo, replicas, threshold_s, objective, arrivals):
             return 0.0
         while hi - lo > tolerance * hi:
@@ -143,9 +199,9 @@ class Station:
         def ok(n: int) -> bool:
             return self.holds(lam, n, threshold_s, objective, arrivals)
 
-        if self.offset_s > threshold_s:
-            return None
-        lo = max(1, math.ceil(lam * self.service_s / self.slots_per_replica))
+        if not self.holds(0.0, 1, threshold_s, objective, arrivals):
+            return None  # even an idle replica answers too late
+        lo = max(1, math.ceil(lam / (self.slots_per_replica * self.per_slot_rate)))
         if ok(lo):
             return lo
         hi = lo * 2

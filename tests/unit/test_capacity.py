@@ -45,18 +45,31 @@ def manifests() -> dict[str, object]:
             "clinical-llm": LLM_MANIFEST}
 
 
-def test_imaging_fit_is_saturated_service_plus_unloaded_offset() -> None:
-    f = fit(CXR, manifests()["cxr-triage"])
+def test_batching_imaging_fit_takes_batch_times_from_the_concurrency_sweep() -> None:
+    manifest = manifests()["cxr-triage"]
+    f = fit(CXR, manifest)
+    batches = f.station.batch_s
+    assert len(batches) == manifest.batching.max_batch_size  # type: ignore[attr-defined]
+    # p50 at concurrency 1, 4 and 16; linear in between and past the last level.
+    assert batches[0] == 0.1 and batches[3] == 0.37
+    assert batches[1] == pytest.approx(0.1 + (0.37 - 0.1) / 3)
+    assert batches[7] == pytest.approx(0.37 + (1.4 - 0.37) * 4 / 12)
+    assert f.station.per_slot_rate == pytest.approx(max(k / t for k, t in enumerate(batches, 1)))
+    assert f.station.slots_per_replica == 1 and f.target.metric == "latency"
+
+
+def test_one_at_a_time_imaging_fit_is_saturated_service_plus_unloaded_offset() -> None:
+    f = fit(CXR, manifests()["cxr-triage"], max_batch=1)
     assert f.station.service_s == pytest.approx(1 / 11.0)
     assert f.station.offset_s == pytest.approx(0.1 - 1 / 11.0)
-    assert f.station.slots_per_replica == 1 and f.target.metric == "latency"
+    assert f.station.counts_service and not f.station.batch_s
 
 
 def test_llm_fit_takes_the_most_streams_within_the_itl_threshold() -> None:
     f = fit(LLM, LLM_MANIFEST)
     assert f.station.slots_per_replica == 8  # ITL p99 0.2 s <= 0.25 s; 16 streams is 0.4 s
     assert f.station.service_s == 1.6 and f.station.offset_s == 0.2
-    assert f.target.metric == "ttft"
+    assert f.target.metric == "ttft" and not f.station.counts_service
 
 
 def test_plan_sizes_each_model_to_the_fewest_replicas_that_hold_the_peak() -> None:

@@ -15,6 +15,7 @@ from loadtests.queueing import (
     md1_wait_cdf,
     mmc_mean_wait,
     mmc_wait_tail,
+    simulate_batches,
     simulate_waits,
 )
 
@@ -82,10 +83,46 @@ def test_max_rate_is_the_edge_of_the_objective() -> None:
 
 
 def test_replicas_for_is_the_fewest_that_hold() -> None:
-    st = Station(service_s=1.6, slots_per_replica=8, offset_s=0.2)
+    # An LLM-like station: TTFT is the wait plus prefill, not the whole stream.
+    st = Station(service_s=1.6, slots_per_replica=8, offset_s=0.2, counts_service=False)
     arr = Arrivals.make(50_000, seed=4)
     for lam in (1.0, 20.0, 150.0):
         n = st.replicas_for(lam, 1.0, 0.99, arr)
         assert n is not None and st.holds(lam, n, 1.0, 0.99, arr)
         assert n == 1 or not st.holds(lam, n - 1, 1.0, 0.99, arr)
     assert Station(1.0, 1, offset_s=2.0).replicas_for(1.0, 1.0, 0.99, arr) is None
+
+
+def test_a_batch_server_of_one_is_md1_plus_its_service() -> None:
+    lam, d = 7.0, 0.1
+    arr = Arrivals.make(40_000, seed=5)
+    sojourns = simulate_batches(lam, (d,), 1, arr)
+    waits = simulate_waits(lam, d, 1, arr)
+    assert len(sojourns) == len(waits)
+    assert sojourns == pytest.approx([w + d for w in waits])
+    for t in (0.15, 0.3, 0.6):  # and so Erlang's exact M/D/1 waiting-time distribution
+        assert fraction_within(sojourns, t) == pytest.approx(md1_wait_cdf(lam, d, t - d),
+                                                             abs=0.01)
+
+
+def test_batches_take_every_waiting_request_and_finish_them_together() -> None:
+    # Arrivals at 0.1, 0.2, ... 0.7 s, batches of up to 3 taking 1 s: the first runs alone
+    # (0.1-1.1), the next batch takes the three that arrived meanwhile (1.1-2.1), then the
+    # last three (2.1-3.1); each request leaves when its batch ends.
+    arr = Arrivals((0.1,) * 7)
+    sojourns = simulate_batches(1.0, (1.0, 1.0, 1.0), 1, arr, warmup=0.0)
+    assert sojourns == pytest.approx([1.0, 1.9, 1.8, 1.7, 2.6, 2.5, 2.4])
+
+
+def test_batching_lengthens_the_tail_that_md1_at_the_same_rate_misses() -> None:
+    """A replica whose batch of k takes k x 0.09 s has the same saturated rate as one serving
+    each request in 0.09 s, but each request waits for its whole batch."""
+    d, k = 0.09, 8
+    batched = Station(d, 1, 0.0, batch_s=tuple(d * i for i in range(1, k + 1)))
+    single = Station(d, 1, 0.0)
+    arr = Arrivals.make(50_000, seed=6)
+    assert batched.per_slot_rate == pytest.approx(single.per_slot_rate)
+    lam = 0.7 / d
+    assert fraction_within(batched.latencies(lam, 1, arr), 0.5) < fraction_within(
+        single.latencies(lam, 1, arr), 0.5)
+    assert batched.max_rate(1, 0.5, 0.99, arr) < single.max_rate(1, 0.5, 0.99, arr)
