@@ -14,18 +14,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from serving.cli_support import RepoOpt, fail
 from serving.errors import ModelLoadError
 from serving.repository import DEFAULT_REPO
 
 # Wide when piped (CI logs, files): the capacity and SLO tables must not wrap.
 console = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
-RepoOpt = Annotated[Path, typer.Option("--repo", help="Model repository (SLOs, workloads).")]
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
-    return typer.Exit(code=code)
+def _fail(message: str) -> typer.Exit:
+    return fail(message, code=2)  # 1 is the gate's verdict: the SLO was missed
 
 
 def loadtest(

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from serving.cli_support import RepoOpt, fail
 from serving.errors import ModelLoadError
 from serving.repository import DEFAULT_REPO, load_repository
 from serving.tenants import (
@@ -24,15 +25,9 @@ from serving.tenants import (
 
 tenants_app = typer.Typer(help="Tenants and their API keys (`medserve serve --tenants FILE`).")
 console = Console()
-err = Console(stderr=True)
 
 FileOpt = Annotated[Path, typer.Option("--file", help="Tenants file (YAML).")]
-RepoOpt = Annotated[Path, typer.Option("--repo", help="Model repository folder.")]
 
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
-    return typer.Exit(code=1)
 
 
 def _known_models(repo: Path) -> set[str]:
@@ -63,23 +58,23 @@ def add(
     """Add a tenant and print its new API key, once, alone on the last line."""
     allow = [m.strip() for m in models.split(",") if m.strip()]
     if max_priority not in ("stat", "urgent", "routine"):
-        raise _fail("--max-priority must be stat, urgent or routine")
+        raise fail("--max-priority must be stat, urgent or routine")
     priority: Literal["stat", "urgent", "routine"] = max_priority  # type: ignore[assignment]
     try:
         current = load_tenants(file) if file.exists() else TenantsFile()
         unknown = sorted(set(allow) - _known_models(repo) - {ALL_MODELS})
     except ModelLoadError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     if any(t.name == name for t in current.tenants):
-        raise _fail(f"tenant {name!r} already exists in {file}")
+        raise fail(f"tenant {name!r} already exists in {file}")
     if unknown:
-        raise _fail(f"not in the model repository: {', '.join(unknown)}")
+        raise fail(f"not in the model repository: {', '.join(unknown)}")
     key = new_key()
     try:
         tenant = Tenant(name=name, key_sha256=key_sha256(key), models=allow, rate_per_s=rate,
                         burst=burst, max_priority=priority)
     except ValidationError as exc:
-        raise _fail("; ".join(
+        raise fail("; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )) from None
     save_tenants(file, TenantsFile(tenants=[*current.tenants, tenant]))
@@ -94,7 +89,7 @@ def list_tenants(file: FileOpt) -> None:
     try:
         tenants = load_tenants(file).tenants
     except ModelLoadError as exc:
-        raise _fail(exc.message) from None
+        raise fail(exc.message) from None
     table = Table(title=f"Tenants in {file}")
     for col in ("tenant", "models", "rate/s", "burst", "max priority"):
         table.add_column(col)

@@ -33,7 +33,9 @@ def _quantity(value: str) -> str:
 
 
 class PodSize(_Strict):
-    cpus: int = Field(2, ge=1, description="CPU request and limit; Ray's CPU count follows it.")
+    cpus: int = Field(
+        2, ge=1, description="CPU request and limit (of a Ray container, also Ray's CPU count)."
+    )
     memory: str = Field("8Gi", description="Memory request and limit (Kubernetes quantity).")
 
     @field_validator("memory")
@@ -66,7 +68,7 @@ class IngressSettings(_Strict):
     class_name: str = Field("nginx", description="IngressClass (annotations are ingress-nginx).")
 
 
-class TritonSidecar(_Strict):
+class TritonSidecar(PodSize):
     """The Triton Inference Server container beside Ray in each worker group that hosts a
     triton-backend model: it serves the ONNX export of those models, built into the pod's
     model volume by the stage-models init container, on the pod's own GPU(s)."""
@@ -80,13 +82,6 @@ class TritonSidecar(_Strict):
         description="nvidia.com/gpu of the Triton container, on top of the group's `gpus` "
         "(which stay Ray's, for the torch-backend replicas on the same pods).",
     )
-    cpus: int = Field(2, ge=1, description="CPU request and limit of the Triton container.")
-    memory: str = Field("8Gi", description="Memory request and limit (Kubernetes quantity).")
-
-    @field_validator("memory")
-    @classmethod
-    def _memory(cls, v: str) -> str:
-        return _quantity(v)
 
 
 class Overlay(_Strict):
