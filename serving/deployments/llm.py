@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import time
 import uuid
@@ -72,7 +73,12 @@ class LLMModel:
         model_dir = repo.version_dir(model, self.version)
         adapter_dirs = {a.name: (model_dir / a.weights.file).parent for a in manifest.adapters}
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        kind = select_engine(manifest.engine.kind, torch.cuda.is_available())
+        gpu = torch.cuda.is_available()
+        vllm_installed = importlib.util.find_spec("vllm") is not None  # found, not imported
+        kind = select_engine(manifest.engine.kind, gpu, vllm_installed)
+        if gpu and kind == "transformers" and manifest.engine.kind == "auto":
+            log.warning("%s: this image has no vLLM; the transformers engine serves it on the "
+                        "CPU of a GPU replica", model)
         engine: Engine
         if kind == "vllm":
             from serving.llm.vllm_engine import VLLMEngine

@@ -64,14 +64,19 @@ class Engine(Protocol):
     def shutdown(self) -> None: ...
 
 
-def select_engine(requested: str, gpu_available: bool) -> EngineKind:
-    """`auto` picks vLLM on a GPU replica, transformers otherwise; vLLM needs a GPU."""
+def select_engine(
+    requested: str, gpu_available: bool, vllm_installed: bool = True
+) -> EngineKind:
+    """`auto` picks vLLM on a GPU replica whose image has it, transformers otherwise; vLLM
+    needs a GPU and the `vllm` package (GPU images only: it pins its own torch)."""
     if requested == "transformers":
         return "transformers"
     if requested == "vllm":
         if not gpu_available:
             raise ValueError("engine kind vllm needs a GPU replica (resources.gpus and a GPU)")
+        if not vllm_installed:
+            raise ValueError("engine kind vllm needs the vllm package in the replica's image")
         return "vllm"
     if requested != "auto":
         raise ValueError(f"unknown engine kind {requested!r}")
-    return "vllm" if gpu_available else "transformers"
+    return "vllm" if gpu_available and vllm_installed else "transformers"

@@ -107,17 +107,20 @@ def test_llm_deployment_options_come_from_the_manifest() -> None:
 
 
 @pytest.mark.parametrize(
-    ("requested", "gpu", "expected"),
-    [("auto", False, "transformers"), ("auto", True, "vllm"), ("transformers", True,
-     "transformers"), ("vllm", True, "vllm")],
+    ("requested", "gpu", "vllm", "expected"),
+    [("auto", False, True, "transformers"), ("auto", True, True, "vllm"),
+     ("auto", True, False, "transformers"), ("transformers", True, True, "transformers"),
+     ("vllm", True, True, "vllm")],
 )
-def test_engine_selection(requested: str, gpu: bool, expected: str) -> None:
-    assert select_engine(requested, gpu) == expected
+def test_engine_selection(requested: str, gpu: bool, vllm: bool, expected: str) -> None:
+    assert select_engine(requested, gpu, vllm) == expected
 
 
 def test_vllm_is_refused_without_a_gpu_and_never_imported_on_cpu() -> None:
     with pytest.raises(ValueError, match="GPU"):
         select_engine("vllm", False)
+    with pytest.raises(ValueError, match="vllm package"):
+        select_engine("vllm", True, vllm_installed=False)
     import serving.deployments.llm  # noqa: F401  (the deployment module imports no engine)
 
     assert "vllm" not in sys.modules
