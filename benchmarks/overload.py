@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import tempfile
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from loadtests.local import edited_repository
 from loadtests.overload import run_overload
 from serving.process import running_server
 from serving.repository import load_repository
@@ -28,21 +28,6 @@ from serving.repository import load_repository
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "cxr-triage"
 console = Console()
-
-
-def small_repo(dest: Path, max_concurrent: int, max_queued: int) -> Path:
-    """cxr-triage alone, one replica, the given admission limits; weights linked, not copied."""
-    src = ROOT / "model_repo" / MODEL
-    (dest / MODEL).mkdir(parents=True)
-    manifest = yaml.safe_load((src / "manifest.yaml").read_text())
-    manifest["scaling"] |= {"min_replicas": 1, "max_replicas": 1,
-                            "max_ongoing_requests": max_concurrent}
-    manifest["admission"] = {"max_concurrent": max_concurrent, "max_queued": max_queued}
-    (dest / MODEL / "manifest.yaml").write_text(yaml.safe_dump(manifest))
-    for entry in src.iterdir():
-        if entry.is_dir():
-            os.symlink(entry.resolve(), dest / MODEL / entry.name)
-    return dest
 
 
 def main() -> None:
@@ -62,7 +47,13 @@ def main() -> None:
         url = args.url
         if url is None:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="overload-")))
-            repo = small_repo(tmp / "repo", args.max_concurrent, args.max_queued)
+            # cxr-triage alone, one replica, the given admission limits; weights linked.
+            repo = edited_repository(ROOT / "model_repo", tmp / "repo", {MODEL: {
+                "scaling": {"min_replicas": 1, "max_replicas": 1,
+                            "max_ongoing_requests": args.max_concurrent},
+                "admission": {"max_concurrent": args.max_concurrent,
+                              "max_queued": args.max_queued},
+            }})
             (tmp / "medserve.yaml").write_text(yaml.safe_dump({"ray": {"num_cpus": 8}}))
             console.print("starting Medserve (cxr-triage only) ...")
             srv = stack.enter_context(running_server(

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -18,22 +19,29 @@ from serving.repository import MANIFEST
 RAY_CPU_SLOTS = 8
 
 
-def pinned_repository(src: Path, dst: Path, models: list[str] | None = None) -> Path:
-    """A copy of `src` whose manifests say one replica; everything else is symlinked."""
+def edited_repository(src: Path, dst: Path, edits: Mapping[str, Mapping[str, Any]]) -> Path:
+    """A repository in `dst` holding only the models named in `edits`, each manifest with its
+    top-level sections updated (a mapping merges into the section, anything else replaces
+    it); every other file and folder is symlinked, so no weights are copied."""
     dst.mkdir(parents=True, exist_ok=True)
-    for manifest in sorted(Path(src).resolve().glob(f"*/{MANIFEST}")):
-        folder = manifest.parent
-        if models is not None and folder.name not in models:
-            continue
-        raw = yaml.safe_load(manifest.read_text())
-        raw["scaling"] = {**raw.get("scaling", {}), "min_replicas": 1, "max_replicas": 1,
-                          "initial_replicas": None}
-        (dst / folder.name).mkdir(exist_ok=True)
-        (dst / folder.name / MANIFEST).write_text(yaml.safe_dump(raw, sort_keys=False))
+    for name, changes in edits.items():
+        folder = Path(src).resolve() / name
+        raw = yaml.safe_load((folder / MANIFEST).read_text())
+        for key, value in changes.items():
+            raw[key] = {**raw.get(key, {}), **value} if isinstance(value, Mapping) else value
+        (dst / name).mkdir(exist_ok=True)
+        (dst / name / MANIFEST).write_text(yaml.safe_dump(raw, sort_keys=False))
         for entry in folder.iterdir():
             if entry.name != MANIFEST:
-                (dst / folder.name / entry.name).symlink_to(entry)
+                (dst / name / entry.name).symlink_to(entry)
     return dst
+
+
+def pinned_repository(src: Path, dst: Path, models: list[str] | None = None) -> Path:
+    """A copy of `src` (or of `models` only) whose manifests say one replica."""
+    names = models or sorted(p.parent.name for p in Path(src).resolve().glob(f"*/{MANIFEST}"))
+    one = {"scaling": {"min_replicas": 1, "max_replicas": 1, "initial_replicas": None}}
+    return edited_repository(src, dst, dict.fromkeys(names, one))
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ one in `stat_every` stat and the rest routine. Used by `benchmarks/overload.py` 
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 
 from loadtests.openloop import arrivals
+from loadtests.slo import percentile
 from serving.metrics import PRIORITY_HEADER
 from serving.samples import make_png
 
@@ -46,11 +46,9 @@ async def send(client: httpx.AsyncClient, method: str, path: str, priority: str,
                    r.headers.get("retry-after"), r.text if r.status_code >= 400 else "")
 
 
-def percentile(values: Iterable[float], q: float) -> float:
-    xs = sorted(values)
-    if not xs:
-        return math.nan
-    return xs[min(len(xs) - 1, max(0, math.ceil(q / 100 * len(xs)) - 1))]
+def _ms(outcomes: Iterable[Outcome], q: float) -> float:
+    """The q-th percentile latency of `outcomes`, in milliseconds (NaN for none)."""
+    return percentile([o.latency_s for o in outcomes], q) * 1e3
 
 
 async def open_loop(rate_per_s: float, duration_s: float, seed: int,
@@ -93,7 +91,6 @@ class OverloadRun:
         return [o for o in self.shed if "higher-priority" in o.body]
 
     def figures(self) -> dict[str, float]:
-        ms = 1e3
         stat, routine = self.of("stat", 200), self.of("routine", 200)
         return {
             "capacity_per_s": self.capacity_per_s,
@@ -103,13 +100,13 @@ class OverloadRun:
             "stat_not_ok": sum(o.priority == "stat" and o.status != 200 for o in self.outcomes),
             "routine_ok": len(routine), "shed": len(self.shed),
             "refused": len(self.refused), "preempted": len(self.preempted),
-            "stat_p50_ms": percentile((o.latency_s for o in stat), 50) * ms,
-            "stat_p95_ms": percentile((o.latency_s for o in stat), 95) * ms,
-            "routine_ok_p95_ms": percentile((o.latency_s for o in routine), 95) * ms,
-            "refused_p50_ms": percentile((o.latency_s for o in self.refused), 50) * ms,
-            "refused_p99_ms": percentile((o.latency_s for o in self.refused), 99) * ms,
-            "preempted_p50_ms": percentile((o.latency_s for o in self.preempted), 50) * ms,
-            "preempted_p99_ms": percentile((o.latency_s for o in self.preempted), 99) * ms,
+            "stat_p50_ms": _ms(stat, 50),
+            "stat_p95_ms": _ms(stat, 95),
+            "routine_ok_p95_ms": _ms(routine, 95),
+            "refused_p50_ms": _ms(self.refused, 50),
+            "refused_p99_ms": _ms(self.refused, 99),
+            "preempted_p50_ms": _ms(self.preempted, 50),
+            "preempted_p99_ms": _ms(self.preempted, 99),
         }
 
 

@@ -40,3 +40,8 @@ def eventually(check: Callable[[], T], timeout_s: float = 60.0, every_s: float =
             if time.monotonic() > deadline:
                 raise
         time.sleep(every_s)  # polling interval, not synchronisation
+
+
+def ensure(condition: bool, message: object = None) -> None:
+    """`assert` as an expression, for `eventually(lambda: ensure(...))`."""
+    assert condition, message

@@ -7,10 +7,10 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from ray import serve
@@ -35,6 +35,7 @@ log = logging.getLogger("ray.serve")
 
 READY_TIMEOUT_S = 2.0
 REPLICA_LOST = "replica_unavailable"  # shed reason of a call whose replica died
+T = TypeVar("T")
 
 
 def handle_key(model: str, version: str) -> str:
@@ -94,8 +95,18 @@ def _replica_lost(name: str) -> Unavailable:
     return Unavailable(f"{name} replica unavailable; retry", retry_after_s=1, reason=REPLICA_LOST)
 
 
-def _is_replica_lost(exc: Unavailable) -> bool:
-    return exc.shed_reason == REPLICA_LOST
+async def _once_more_if_replica_lost(
+    name: str, method: str, attempt: Callable[[], Awaitable[T]]
+) -> T:
+    """Run `attempt`; if its replica died before answering, run it once more (Serve's router
+    has dropped the dead replica by then). Any other error, or a second loss, propagates."""
+    try:
+        return await attempt()
+    except Unavailable as exc:
+        if exc.shed_reason != REPLICA_LOST:
+            raise
+    log.warning("%s: replica lost during %s; retrying once", name, method)
+    return await attempt()
 
 
 @serve.deployment
@@ -208,14 +219,10 @@ class Gateway:
         timeout_s = timeout_s or self.config.http.request_timeout_s
         deadline = time.monotonic() + timeout_s
         with await self._admit(target, priority, timeout_s):
-            try:
-                return await self._invoke(target, method, args, deadline)
-            except Unavailable as exc:
-                if not _is_replica_lost(exc):
-                    raise
-                log.warning("%s: replica lost during %s; retrying once", target.manifest.name,
-                            method)
-            return await self._invoke(target, method, args, deadline)
+            return await _once_more_if_replica_lost(
+                target.manifest.name, method,
+                lambda: self._invoke(target, method, args, deadline),
+            )
 
     async def _invoke(
         self, target: Target | LLMTarget, method: str, args: tuple[Any, ...], deadline: float
@@ -247,13 +254,9 @@ class Gateway:
         name = target.manifest.name
         slot = await self._admit(target, priority, timeout_s)
         try:
-            try:
-                response, first = await self._open_stream(target, method, args, deadline)
-            except Unavailable as exc:
-                if not _is_replica_lost(exc):
-                    raise
-                log.warning("%s: replica lost opening %s; retrying once", name, method)
-                response, first = await self._open_stream(target, method, args, deadline)
+            response, first = await _once_more_if_replica_lost(
+                name, method, lambda: self._open_stream(target, method, args, deadline)
+            )
         except BaseException:
             slot.release()
             raise

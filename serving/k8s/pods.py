@@ -166,6 +166,10 @@ def _probe(path: str, port: int, *, period: int, failures: int, delay: int) -> d
             "periodSeconds": period, "timeoutSeconds": 5, "failureThreshold": failures}
 
 
+def _pre_stop(script: str) -> dict[str, Any]:
+    return {"preStop": {"exec": {"command": ["/bin/sh", "-c", script]}}}
+
+
 def ray_container(
     k8s: KubernetesConfig, overlay: Overlay, size: PodSize, *, head: bool,
     serve_port: int, metrics_port: int, gpus: int = 0,
@@ -191,9 +195,9 @@ def ray_container(
         "livenessProbe": _probe("/api/local_raylet_healthz", AGENT_PORT,
                                 period=10, failures=6, delay=30),
         "readinessProbe": ready,
-        "lifecycle": {"preStop": {"exec": {"command": [
-            "/bin/sh", "-c", f"sleep {PRESTOP_SLEEP_S}; ray stop --grace-period {RAY_STOP_GRACE_S}",
-        ]}}},
+        "lifecycle": _pre_stop(
+            f"sleep {PRESTOP_SLEEP_S}; ray stop --grace-period {RAY_STOP_GRACE_S}"
+        ),
         "volumeMounts": [
             {"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
@@ -213,7 +217,6 @@ def triton_sidecar(overlay: Overlay) -> dict[str, Any]:
     no in-flight batch loses its server.
     """
     t = overlay.triton
-    probe_port = TRITON_HTTP_PORT
     return {
         "name": "triton",
         "image": t.image,
@@ -233,12 +236,13 @@ def triton_sidecar(overlay: Overlay) -> dict[str, Any]:
         "resources": _resources(t.cpus, t.memory, t.gpus),
         "securityContext": container_security(),
         # Loading (and on first start, optimising) the ONNX models takes a while.
-        "startupProbe": _probe("/v2/health/ready", probe_port, period=5, failures=60, delay=5),
-        "livenessProbe": _probe("/v2/health/live", probe_port, period=10, failures=6, delay=0),
-        "readinessProbe": _probe("/v2/health/ready", probe_port, period=5, failures=3, delay=0),
-        "lifecycle": {"preStop": {"exec": {"command": [
-            "/bin/sh", "-c", f"sleep {PRESTOP_SLEEP_S + RAY_STOP_GRACE_S}",
-        ]}}},
+        "startupProbe": _probe("/v2/health/ready", TRITON_HTTP_PORT, period=5, failures=60,
+                               delay=5),
+        "livenessProbe": _probe("/v2/health/live", TRITON_HTTP_PORT, period=10, failures=6,
+                                delay=0),
+        "readinessProbe": _probe("/v2/health/ready", TRITON_HTTP_PORT, period=5, failures=3,
+                                 delay=0),
+        "lifecycle": _pre_stop(f"sleep {PRESTOP_SLEEP_S + RAY_STOP_GRACE_S}"),
         "volumeMounts": [
             {"name": "triton-models", "mountPath": TRITON_REPO_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},

@@ -56,10 +56,9 @@ def triton_plan(repo: Path, overlay: Overlay) -> TritonPlan:
 
 
 def serve_doc(
-    repo: Path, config_path: Path | None, cluster: ClusterConfig, overlay: Overlay
+    repo: Path, config_path: Path | None, overlay: Overlay, plan: TritonPlan
 ) -> tuple[dict[str, Any], dict[str, list[g.Demand]]]:
     """The Serve config as run in the overlay's pods, and its deployments per worker group."""
-    plan = triton_plan(repo, overlay)
     doc = copy.deepcopy(serve_config(
         str(repo), str(config_path) if config_path else None, "k8s",
         triton_url=plan.url, backends=plan.backends,
@@ -112,8 +111,8 @@ def rayservice(
     repo: Path, config_path: Path | None, cluster: ClusterConfig, overlay: Overlay
 ) -> dict[str, Any]:
     k8s = cluster.kubernetes
-    doc, placed = serve_doc(repo, config_path, cluster, overlay)
     plan = triton_plan(repo, overlay)
+    doc, placed = serve_doc(repo, config_path, overlay, plan)
     ports: dict[str, Any] = {"serve_port": cluster.http.port, "metrics_port": metrics_port(cluster)}
     workers = []
     for group in overlay.worker_groups:

@@ -1,11 +1,11 @@
-"""Helpers for the overload and fault tests: a trimmed model repository with edited manifests,
-binary OIP bodies, the server's replica processes, and its model metrics."""
+"""Helpers for the overload and fault tests: a config file, binary OIP bodies, the server's
+replica processes, and its model metrics. (A trimmed repository with edited manifests is
+`loadtests.local.edited_repository`.)"""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,31 +15,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.metrics import REPLICA_READY, exported
-from tests.conftest import MODEL_REPO, Server
-
-
-def make_repo(dest: Path, edits: Mapping[str, Mapping[str, Any]]) -> Path:
-    """A repository holding only the models named in `edits`: each manifest with its
-    top-level sections updated (`{"scaling": {...}}` merges into `scaling`), the committed
-    files copied and the built version folders linked, not copied."""
-    for name, changes in edits.items():
-        src = MODEL_REPO / name
-        (dest / name).mkdir(parents=True)
-        manifest = yaml.safe_load((src / "manifest.yaml").read_text())
-        for key, value in changes.items():
-            if isinstance(value, Mapping):
-                manifest[key] = {**manifest.get(key, {}), **value}
-            else:
-                manifest[key] = value
-        (dest / name / "manifest.yaml").write_text(yaml.safe_dump(manifest))
-        for entry in src.iterdir():
-            if entry.name == "manifest.yaml":
-                continue
-            if entry.is_dir():
-                os.symlink(entry.resolve(), dest / name / entry.name)
-            else:
-                shutil.copy(entry, dest / name / entry.name)
-    return dest
+from tests.conftest import Server
 
 
 def write_config(path: Path, **sections: Any) -> Path:

@@ -23,6 +23,7 @@ import yaml
 from serving.process import ServerProcess, free_port, running_server
 from serving.samples import make_radiograph
 from tests.conftest import MODEL_REPO, ROOT, TEST_LIMITS
+from tests.integration.harness import write_config
 
 MARKER = "PHIMARKER-Q7Z"  # stands for patient data: must reach no audit line
 A_RATE, A_BURST = 1, 5
@@ -65,11 +66,8 @@ def auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
     }
     assert not any(k in tenants.read_text() for k in keys.values())
     audit = tmp / "audit" / "audit.jsonl"
-    config = tmp / "medserve.yaml"
-    config.write_text(yaml.safe_dump({
-        "limits": TEST_LIMITS, "ray": {"num_cpus": 8}, "http": {"request_timeout_s": 60},
-        "audit": {"path": str(audit)},
-    }))
+    config = write_config(tmp / "medserve.yaml", limits=TEST_LIMITS,
+                          http={"request_timeout_s": 60}, audit={"path": str(audit)})
     with running_server(
         "--repo", str(MODEL_REPO), "--config", str(config), "--tenants", str(tenants),
         "--host", "0.0.0.0", log=tmp / "server.log", cwd=ROOT,

@@ -16,14 +16,15 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtests.local import edited_repository
 from serving.metrics import EXPORTED_PREFIX, REPLICA_READY
 from serving.process import ServerProcess, running_server
 from serving.samples import make_png
 from tests.canary import MODEL
 from tests.conftest import MODEL_REPO, ROOT
+from tests.integration.harness import write_config
 
 CLIENTS = 12  # closed-loop: 12 in flight against target_ongoing_requests 2 per replica
 SCALING = {
@@ -38,14 +39,9 @@ IMAGE = make_png()
 @pytest.fixture(scope="module")
 def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("autoscaling")
-    repo = tmp / "model_repo"
-    (repo / MODEL).mkdir(parents=True)
-    (repo / MODEL / "1").symlink_to(MODEL_REPO / MODEL / "1", target_is_directory=True)
-    doc = yaml.safe_load((MODEL_REPO / MODEL / "manifest.yaml").read_text())
-    doc.update(scaling=SCALING, resources={"cpus": 0.5, "threads": 1})
-    (repo / MODEL / "manifest.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    config = tmp / "medserve.yaml"
-    config.write_text(yaml.safe_dump({"ray": {"num_cpus": 8}, "http": {"request_timeout_s": 60}}))
+    repo = edited_repository(MODEL_REPO, tmp / "model_repo", {
+        MODEL: {"scaling": SCALING, "resources": {"cpus": 0.5, "threads": 1}}})
+    config = write_config(tmp / "medserve.yaml", http={"request_timeout_s": 60})
     env = {
         "RAY_metrics_report_interval_ms": "500",
         "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": PUSH_S,

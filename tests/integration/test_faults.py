@@ -17,12 +17,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from loadtests.local import edited_repository
 from loadtests.overload import Outcome, send
 from serving.app import deployment_name
 from serving.process import ServerProcess, running_server
 from serving.samples import make_png
-from tests.conftest import ROOT
-from tests.integration.harness import make_repo, ready_replicas, replica_pids, write_config
+from tests.conftest import MODEL_REPO, ROOT
+from tests.integration.harness import ready_replicas, replica_pids, write_config
 from tests.prom import eventually
 
 CXR = "/v1/imaging/cxr-triage/predict"
@@ -34,7 +35,7 @@ CHAT = "/v1/chat/completions"
 @pytest.fixture(scope="module")
 def fault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("faults")
-    repo = make_repo(tmp / "repo", {
+    repo = edited_repository(MODEL_REPO, tmp / "repo", {
         "cxr-triage": {"scaling": {"min_replicas": 2, "max_replicas": 2}},
         "clinical-llm": {"scaling": {"min_replicas": 1, "max_replicas": 1}},
     })

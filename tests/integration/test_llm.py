@@ -27,7 +27,7 @@ from serving.metrics import (
 from serving.repository import load_repository
 from tests.conftest import MODEL_REPO, Server
 from tests.integration.harness import metric_total, ready_replicas
-from tests.prom import eventually
+from tests.prom import ensure, eventually
 
 LLM = "clinical-llm"
 MESSAGES = [{"role": "user", "content": "A 71-year-old former smoker has a lung nodule."}]
@@ -230,7 +230,7 @@ def test_client_disconnect_mid_stream_frees_its_slot(server: Server, client: ope
     eventually(idle, 120)
     assert _llm_total(server, finished, adapter=adapter) == before  # none ran to its end
     assert complete(client, f"{LLM}:{adapter}").choices[0].finish_reason in ("stop", "length")
-    eventually(lambda: _assert(_llm_total(server, finished, adapter=adapter) == before + 1))
+    eventually(lambda: ensure(_llm_total(server, finished, adapter=adapter) == before + 1))
 
 
 def test_adapters_beyond_the_replica_lru_are_evicted_and_reloaded(
@@ -252,7 +252,7 @@ def test_adapters_beyond_the_replica_lru_are_evicted_and_reloaded(
 
     for name in names:  # whatever it held before, the replica now holds the last `keep`
         ask(name)
-    eventually(lambda: _assert(_llm_total(server, LLM_ADAPTERS_LOADED) == keep))
+    eventually(lambda: ensure(_llm_total(server, LLM_ADAPTERS_LOADED) == keep))
     before = loads()
     oldest_kept, newest = names[-keep], names[-1]
     for name in (names[0], newest, oldest_kept):
@@ -261,12 +261,10 @@ def test_adapters_beyond_the_replica_lru_are_evicted_and_reloaded(
     # loaded again when asked for; the newest was held and is not loaded again.
     expected = {**before, names[0]: before[names[0]] + 1,
                 oldest_kept: before[oldest_kept] + 1}
-    eventually(lambda: _assert(loads() == expected))
-    eventually(lambda: _assert(_llm_total(server, LLM_ADAPTERS_LOADED) == keep))
+    eventually(lambda: ensure(loads() == expected))
+    eventually(lambda: ensure(_llm_total(server, LLM_ADAPTERS_LOADED) == keep))
 
 
-def _assert(condition: bool) -> None:
-    assert condition
 
 
 def test_readiness_includes_the_llm(server: Server) -> None:

@@ -13,13 +13,14 @@ import httpx
 import numpy as np
 import pytest
 
+from loadtests.local import edited_repository
 from loadtests.overload import Outcome, run_overload, send
 from serving.metrics import QUEUE_WAIT
 from serving.process import ServerProcess, running_server
 from serving.repository import load_repository
 from serving.samples import make_png
 from tests.conftest import MODEL_REPO, ROOT
-from tests.integration.harness import binary_infer, make_repo, metric_total, write_config
+from tests.integration.harness import binary_infer, metric_total, write_config
 from tests.prom import eventually
 
 CXR = "/v1/imaging/cxr-triage/predict"
@@ -32,7 +33,7 @@ STAT_EVERY = 10  # every 10th arrival is stat, the rest routine
 @pytest.fixture(scope="module")
 def overload_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("overload")
-    repo = make_repo(tmp / "repo", {
+    repo = edited_repository(MODEL_REPO, tmp / "repo", {
         "cxr-triage": {"scaling": {"min_replicas": 1, "max_replicas": 1,
                                    "max_ongoing_requests": 4},
                        "admission": CXR_ADMISSION},

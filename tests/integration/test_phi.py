@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import yaml
 from PIL import Image, PngImagePlugin
 from pydicom import dcmread
 from pydicom.encaps import encapsulate
@@ -27,6 +26,7 @@ from pydicom.uid import MPEG2MPML, RLELossless
 from serving.process import running_server
 from serving.samples import make_ct_series, make_png, make_radiograph, zip_series
 from tests.conftest import MODEL_REPO, ROOT, TEST_LIMITS
+from tests.integration.harness import write_config
 from tests.phi import BIRTH_DATE, PREFIX, find_markers, mark, marker, replace_once
 
 DICOM = {"Content-Type": "application/dicom"}
@@ -208,11 +208,8 @@ def _metrics_text(url: str, wanted: Callable[[bytes], bool]) -> bytes:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     tmp = tmp_path_factory.mktemp("phi")
     audit = tmp / "audit.jsonl"
-    config = tmp / "medserve.yaml"
-    config.write_text(yaml.safe_dump({
-        "limits": TEST_LIMITS, "ray": {"num_cpus": 8}, "http": {"request_timeout_s": 60},
-        "audit": {"path": str(audit)},
-    }))
+    config = write_config(tmp / "medserve.yaml", limits=TEST_LIMITS,
+                          http={"request_timeout_s": 60}, audit={"path": str(audit)})
     log = tmp / "server.log"
     requests = [*imaging_requests(), *oip_requests(), *chat_requests()]
     exchanges = []

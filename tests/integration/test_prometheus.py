@@ -27,7 +27,7 @@ from serving.repository import load_repository
 from serving.samples import make_ct_series, make_radiograph, zip_series
 from serving.slo import INFERENCE_ROUTES, rules_yaml
 from tests.conftest import MODEL_REPO, Server
-from tests.prom import binary, eventually
+from tests.prom import binary, ensure, eventually
 
 URGENT = {"X-Priority": "urgent"}
 CXR, CT = "cxr-triage", "lung-nodule-ct"
@@ -152,7 +152,7 @@ class Traffic:
 def traffic(server: Server, prometheus: Prometheus) -> Traffic:
     """Two rounds of urgent traffic: the first creates the series, so that the second is an
     increase Prometheus sees (a series' first sample already holds what came before it)."""
-    eventually(lambda: _assert(prometheus.scalar('up{job="medserve"}') == 1.0))
+    eventually(lambda: ensure(prometheus.scalar('up{job="medserve"}') == 1.0))
     threshold = le_label(load_repository(MODEL_REPO).manifest(CXR).slo.latency_threshold_s)
     t = Traffic(urgent_counts(prometheus), urgent_histogram(prometheus, threshold),
                 llm_counts(prometheus), prometheus.scalar(ADMITTED_URGENT) or 0.0,
@@ -201,16 +201,12 @@ def traffic(server: Server, prometheus: Prometheus) -> Traffic:
 
     send(1)
     key = f"{CT} {PREDICT} 200"
-    eventually(lambda: _assert(urgent_counts(prometheus).get(key) == t.before.get(key, 0) + 1))
+    eventually(lambda: ensure(urgent_counts(prometheus).get(key) == t.before.get(key, 0) + 1))
     send(4)
     for model, stream in ((LLM, False), (LLM, True), (f"{LLM}:{ADAPTER}", False),
                           (f"{LLM}:{ADAPTER}", True)):
         chat(model, stream)
     return t
-
-
-def _assert(condition: bool, message: object = None) -> None:
-    assert condition, message
 
 
 def test_request_counters_hold_exactly_the_urgent_traffic(prometheus, traffic) -> None:
@@ -222,10 +218,10 @@ def test_request_counters_hold_exactly_the_urgent_traffic(prometheus, traffic) -
         f"unknown {PREDICT} 404": traffic.unknown,
     }
     expected = {k: traffic.before.get(k, 0) + sent.get(k, 0) for k in {*sent, *traffic.before}}
-    eventually(lambda: _assert(urgent_counts(prometheus) == expected))
+    eventually(lambda: ensure(urgent_counts(prometheus) == expected))
     # Every request for a model not in the repository is a not_found error, whoever sent it.
     unknown = 'model="unknown"'
-    eventually(lambda: _assert(
+    eventually(lambda: ensure(
         prometheus.values(f"sum by (type) (ray_medserve_errors_total{{{unknown}}})", "type")
         == {"not_found_error": prometheus.scalar(
             f"sum(ray_medserve_requests_total{{{unknown}}})")},
@@ -244,7 +240,7 @@ def test_latency_histogram_buckets_match_client_timings(prometheus, traffic) -> 
     le = le_label(threshold)
     before = {k: v or 0.0 for k, v in traffic.before_histogram.items()}
     n = len(traffic.cxr_predict) + len(traffic.cxr_infer)
-    eventually(lambda: _assert(urgent_histogram(prometheus, le)["count"] == before["count"] + n))
+    eventually(lambda: ensure(urgent_histogram(prometheus, le)["count"] == before["count"] + n))
     after = urgent_histogram(prometheus, le)
     # The server's time is inside the client's: a request the client saw under the threshold
     # is in the threshold's bucket, and that bucket exists (the SLO edge is a bucket edge).
@@ -337,7 +333,7 @@ def test_llm_metrics_count_exactly_the_tokens_and_requests_sent(prometheus, traf
             key = f"{series} {label}"
             expected[key] = expected.get(key, 0) + n
     assert {label for label, _, _ in traffic.chat_usage} == {"none", ADAPTER}
-    eventually(lambda: _assert(llm_counts(prometheus) == expected,
+    eventually(lambda: ensure(llm_counts(prometheus) == expected,
                                (llm_counts(prometheus), expected)))
     # The TTFT and inter-token SLO thresholds are exact bucket edges of the exported series.
     slo = load_repository(MODEL_REPO).llms[LLM].slo
@@ -355,7 +351,7 @@ def test_admission_wait_counts_every_admitted_request(prometheus, traffic) -> No
     the 415 and the unknown model were refused before it."""
     admitted = (len(traffic.cxr_predict) + len(traffic.cxr_infer) + len(traffic.ct_predict)
                 + len(traffic.chat_usage))
-    eventually(lambda: _assert(prometheus.scalar(ADMITTED_URGENT)
+    eventually(lambda: ensure(prometheus.scalar(ADMITTED_URGENT)
                                == traffic.before_admitted + admitted))
     # The queues' gauges exist per served model and are never negative.
     for gauge in ("in_flight", "queued"):

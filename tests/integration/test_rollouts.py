@@ -19,12 +19,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import yaml
 
 from serving.process import ServerProcess, running_server
 from serving.samples import make_png
 from tests.canary import MODEL, canary_repo
 from tests.conftest import ROOT
+from tests.integration.harness import write_config
 
 CANARY_SHARE = 0.3
 PNG = {"Content-Type": "image/png"}
@@ -42,8 +42,7 @@ def canary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         scaling={"min_replicas": 1, "max_replicas": 1, "max_ongoing_requests": 16},
         resources={"cpus": 0.5, "threads": 1},
     )
-    config = tmp / "medserve.yaml"
-    config.write_text(yaml.safe_dump({"ray": {"num_cpus": 8}, "http": {"request_timeout_s": 60}}))
+    config = write_config(tmp / "medserve.yaml", http={"request_timeout_s": 60})
     with running_server("--repo", str(repo), "--config", str(config), log=tmp / "server.log",
                         cwd=ROOT) as srv:
         yield srv, repo
