@@ -20,8 +20,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from serving.process import running_server
-from serving.repository import load_repository
+from serving.repository.store import load_repository
+from serving.testing.process import running_server
 from serving.triton.build import build_repository, copy_with_backend
 from serving.triton.server import TritonServer
 

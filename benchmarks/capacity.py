@@ -41,7 +41,7 @@ from loadtests.profiles import Payloads, all_manifests
 from loadtests.queueing import Arrivals
 from loadtests.stub import running_stub
 from loadtests.workloads import kind_of
-from serving.repository import load_repository
+from serving.repository.store import load_repository
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console(width=140)

@@ -31,8 +31,8 @@ from rich.console import Console
 from rich.table import Table
 
 from serving.backends.torch_backend import TorchBackend
-from serving.process import running_server
-from serving.repository import load_repository
+from serving.repository.store import load_repository
+from serving.testing.process import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "cxr-triage"

@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from serving.llm.chat import ChatService  # noqa: E402
 from serving.llm.transformers_engine import load_causal_lm  # noqa: E402
-from serving.process import running_server  # noqa: E402
-from serving.repository import load_repository  # noqa: E402
+from serving.repository.store import load_repository  # noqa: E402
+from serving.testing.process import running_server  # noqa: E402
 
 MODEL = "clinical-llm"
 QUESTIONS = [

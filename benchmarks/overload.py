@@ -22,8 +22,8 @@ from rich.table import Table
 
 from loadtests.local import edited_repository
 from loadtests.overload import run_overload
-from serving.process import running_server
-from serving.repository import load_repository
+from serving.repository.store import load_repository
+from serving.testing.process import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "cxr-triage"

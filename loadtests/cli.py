@@ -14,9 +14,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from serving.cli_support import RepoOpt, fail
+from serving.cli.support import RepoOpt, fail
 from serving.errors import ModelLoadError
-from serving.repository import DEFAULT_REPO
+from serving.repository.store import DEFAULT_REPO
 
 # Wide when piped (CI logs, files): the capacity and SLO tables must not wrap.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -78,7 +78,7 @@ def capacity(
     from loadtests.capacity import make_plan
     from loadtests.profiles import all_manifests
     from loadtests.traffic import load_rollout
-    from serving.repository import load_repository
+    from serving.repository.store import load_repository
 
     try:
         plan_for = load_rollout(rollout)

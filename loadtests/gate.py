@@ -21,7 +21,7 @@ from loadtests.openloop import Record
 from loadtests.profiles import all_manifests, build_plan, load_profile
 from loadtests.slo import ModelResult, evaluate, slo_of
 from loadtests.workloads import auth_headers
-from serving.repository import load_repository
+from serving.repository.store import load_repository
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 STARTUP_S = 60.0  # Locust start-up and payload building, on top of schedule and drain

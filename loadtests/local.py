@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from serving.process import ServerProcess, running_server
-from serving.repository import MANIFEST
+from serving.repository.store import MANIFEST
+from serving.testing.process import ServerProcess, running_server
 
 # Enough logical CPU slots for every replica to be scheduled on a small machine (see
 # medserve.yaml); torch threads are per model and unchanged.

@@ -20,7 +20,7 @@ from locust import LoadTestShape, events
 
 from loadtests.profiles import Plan, build_plan, load_profile
 from loadtests.users import CLOSED_WAIT_S, FINISHED, RECORDS, OpenLoopUser, closed_loop_user
-from serving.repository import DEFAULT_REPO, load_repository
+from serving.repository.store import DEFAULT_REPO, load_repository
 
 _plan_file = os.environ.get("MEDSERVE_LOADTEST_PLAN")
 OPEN_LOOP = _plan_file is not None

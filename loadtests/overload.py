@@ -19,8 +19,8 @@ import httpx
 
 from loadtests.openloop import arrivals
 from loadtests.slo import percentile
-from serving.metrics import PRIORITY_HEADER
-from serving.samples import make_png
+from serving.protocol.headers import PRIORITY as PRIORITY_HEADER
+from serving.testing.samples import make_png
 
 PREDICT = "/v1/imaging/{model}/predict"
 

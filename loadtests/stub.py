@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
-from serving.process import free_port
+from serving.net import free_port
 
 BODY = json.dumps({"model": "stub", "findings": []}).encode()
 

@@ -22,7 +22,6 @@ from locust import HttpUser, User, between, task
 from loadtests.openloop import InFlight, Record, arrivals, completed, refused
 from loadtests.profiles import ModelPlan, Plan
 from loadtests.workloads import (
-    PRIORITY_HEADER,
     Mix,
     auth_headers,
     chat_body,
@@ -31,6 +30,7 @@ from loadtests.workloads import (
     sse_data,
     token_times,
 )
+from serving.protocol.headers import PRIORITY as PRIORITY_HEADER
 
 RECORDS: list[Record] = []
 FINISHED: set[str] = set()  # models whose schedule is done and drained

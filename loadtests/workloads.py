@@ -15,8 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from loadtests.profiles import Kind, Payloads, Tenant
-from serving.metrics import PRIORITY_HEADER as PRIORITY_HEADER  # the server's name for it
-from serving.samples import make_ct_series, make_radiograph, zip_series
+from serving.testing.samples import make_ct_series, make_radiograph, zip_series
 
 API_KEY_ENV = "MEDSERVE_API_KEY"  # the key of tenants that name no `key_env`
 

@@ -15,13 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
 
-from serving.config import ClusterConfig, ModelManifest
-from serving.deployments.gateway import Gateway, handle_key
+from serving.deployments.gateway import Gateway
 from serving.deployments.imaging import ImagingModel
 from serving.deployments.llm import LLMModel
-from serving.llm.manifest import LLMManifest
-from serving.repository import Repository, load_cluster_config, load_repository
-from serving.traffic import revision, routing
+from serving.errors import ModelLoadError
+from serving.gateway.targets import handle_key
+from serving.gateway.traffic import revision, routing
+from serving.repository.store import Repository, load_cluster_config, load_repository
+from serving.schema.cluster import ClusterConfig
+from serving.schema.imaging import ModelManifest
+from serving.schema.llm import LLMManifest
 
 IMPORT_PATH = "serving.app:build_app"
 GATEWAY = "Gateway"
@@ -215,3 +218,23 @@ def run(args: AppArgs, config: ClusterConfig, timeout_s: float = 900.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{config.app_name} not running within {timeout_s:g} s")
         time.sleep(0.5)  # polling interval of Serve's status
+
+
+def redeploy(args: AppArgs) -> str:
+    """Re-read the repository and cluster config and deploy them onto the running Serve.
+
+    Returns one line for the server's output; a broken repository leaves the running
+    application as it was. HTTP options (host, port) are fixed at start-up.
+    """
+    try:
+        repo = load_repository(Path(args.model_repo))
+        repo.check()
+        cluster = load_cluster_config(Path(args.config) if args.config else None)
+        run(args, cluster)
+    except (ModelLoadError, RuntimeError) as exc:
+        return f"rollout not applied: {getattr(exc, 'message', None) or exc}"
+    splits = "; ".join(
+        f"{name} " + ",".join(f"{v}={w}" for v, w in m.traffic_split.items())
+        for name, m in repo.models.items()
+    )
+    return f"rollout applied: {splits}"

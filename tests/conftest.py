@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.process import ServerProcess, running_server
+from serving.testing.process import ServerProcess, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPO = ROOT / "model_repo"

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from serving.backends import check_outputs
-from serving.config import CTPreprocessing, ModelManifest, ModelVersion
-from serving.networks import freeze_for_inference, load_network
+from serving.backends.base import check_outputs
+from serving.repository.networks import freeze_for_inference, load_network
+from serving.schema.imaging import CTPreprocessing, ModelManifest, ModelVersion
 
 
 class TorchBackend:

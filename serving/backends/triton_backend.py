@@ -22,9 +22,9 @@ import tritonclient.grpc.aio as aioclient
 from monai.inferers import SlidingWindowInferer
 from tritonclient.utils import InferenceServerException
 
-from serving.backends import check_outputs
-from serving.config import CTPreprocessing, ModelManifest, ModelVersion
+from serving.backends.base import check_outputs
 from serving.errors import MedserveError, Unavailable
+from serving.schema.imaging import CTPreprocessing, ModelManifest, ModelVersion
 from serving.triton.model_config import triton_io
 
 log = logging.getLogger("ray.serve")

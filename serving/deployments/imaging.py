@@ -17,13 +17,13 @@ import numpy as np
 import torch
 from ray import serve
 
-from serving.backends import Backend
+from serving.backends.base import Backend
 from serving.backends.torch_backend import TorchBackend
 from serving.backends.triton_backend import TritonBackend
 from serving.errors import ModelLoadError
 from serving.imaging.pipeline import Payload, make_pipeline
-from serving.metrics import ModelMetrics, batch_buckets, latency_buckets
-from serving.repository import load_repository
+from serving.observability.metrics import ModelMetrics, batch_buckets, latency_buckets
+from serving.repository.store import load_repository
 
 log = logging.getLogger("ray.serve")
 

@@ -24,7 +24,7 @@ from ray.serve.context import _get_serve_request_context
 from serving.errors import ModelNotFound
 from serving.llm.chat import ChatRequest, ChatService
 from serving.llm.engine import Engine, select_engine
-from serving.repository import load_repository
+from serving.repository.store import load_repository
 
 log = logging.getLogger("ray.serve")
 
@@ -49,7 +49,7 @@ class AdapterSlot:
 def _metrics(manifest: Any, version: str) -> Any:
     """The LLM metrics of serving/metrics.py, or None outside a Serve replica."""
     try:
-        from serving.metrics import LLMMetrics
+        from serving.observability.metrics import LLMMetrics
     except ImportError:  # pragma: no cover - metrics module absent
         return None
     return LLMMetrics(
@@ -96,7 +96,7 @@ class LLMModel:
         self.chat_service = ChatService(manifest, tokenizer, engine)
         self.metrics = _metrics(manifest, self.version)
         if self.metrics is not None:
-            from serving.metrics import heartbeat, heartbeat_period_s
+            from serving.observability.metrics import heartbeat, heartbeat_period_s
 
             self._stop_gauges = heartbeat(self._record_load, heartbeat_period_s())
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from serving.config import CTPreprocessing, ModelManifest, RadiographPreprocessing
 from serving.errors import InvalidInput, UnsupportedMediaType
 from serving.imaging.detection import candidates_from_heatmap
 from serving.imaging.dicom import decode_png, decode_radiograph, decode_series
 from serving.imaging.preprocess import CTPreprocessor, RadiographPreprocessor
+from serving.schema.imaging import CTPreprocessing, ModelManifest, RadiographPreprocessing
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from typing import Any
 
 from serving.errors import InvalidInput
 from serving.llm.engine import Engine, SamplingParams
-from serving.llm.manifest import LLMManifest
 from serving.llm.text import TextStream
+from serving.schema.llm import LLMManifest
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import torch
 from serving.errors import MedserveError, Unavailable
 from serving.llm import sampling
 from serving.llm.engine import EngineKind, EngineStats, Progress, SamplingParams
-from serving.llm.manifest import EngineSpec
+from serving.schema.llm import EngineSpec
 
 log = logging.getLogger("ray.serve")
 # transformers' batching logger writes prompt token ids into some of its warnings (a dropped

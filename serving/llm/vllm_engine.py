@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.llm.engine import EngineKind, EngineStats, Progress, SamplingParams
-from serving.llm.manifest import EngineSpec
+from serving.schema.llm import EngineSpec
 
 log = logging.getLogger("ray.serve")
 

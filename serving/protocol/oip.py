@@ -18,24 +18,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from serving.errors import InvalidInput, MedserveError
-
-DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
-_NAMES: dict[np.dtype, str] = {dt: name for name, dt in DATATYPES.items()}
-_UNSUPPORTED = ("BYTES", "BF16")
-HEADER_LENGTH = "Inference-Header-Content-Length"
+from serving.protocol.datatypes import DATATYPES, UNSUPPORTED
+from serving.protocol.datatypes import NAMES as _NAMES
+from serving.protocol.headers import INFERENCE_HEADER_LENGTH as HEADER_LENGTH
 
 
 class TensorSpecLike(Protocol):
@@ -83,7 +68,7 @@ def datatype_of(array: np.ndarray) -> str:
 def _dtype(where: str, datatype: object) -> np.dtype:
     if not isinstance(datatype, str):
         raise InvalidInput(f"{where}: 'datatype' must be a string")
-    if datatype in _UNSUPPORTED:
+    if datatype in UNSUPPORTED:
         raise InvalidInput(f"{where}: datatype {datatype} is not supported")
     if datatype not in DATATYPES:
         raise InvalidInput(f"{where}: unknown datatype; supported: {', '.join(DATATYPES)}")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from serving.config import ModelManifest
 from serving.errors import ModelLoadError
-from serving.repository import MANIFEST, Repository, load_manifest
+from serving.repository.store import MANIFEST, Repository, load_manifest
+from serving.schema.imaging import ModelManifest
 from serving.triton.model_config import Format, model_config, render
 
 CONFIG = "config.pbtxt"

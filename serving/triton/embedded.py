@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from serving.repository import Repository
+from serving.repository.store import Repository
 from serving.triton.build import build_repository, triton_models
 from serving.triton.server import TritonServer
 

@@ -13,7 +13,7 @@ from typing import Literal
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from serving.config import CTPreprocessing, ModelManifest
+from serving.schema.imaging import CTPreprocessing, ModelManifest
 
 Format = Literal["python", "onnx"]
 MANIFEST_PARAM = "medserve_manifest"

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serving.config import ModelManifest, ModelVersion
 from serving.errors import ModelLoadError
-from serving.networks import load_network
+from serving.repository.networks import load_network
+from serving.schema.imaging import ModelManifest, ModelVersion
 from serving.triton.model_config import triton_io
 
 OPSET = 17

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from serving.errors import ModelLoadError
-from serving.networks import freeze_for_inference, load_network
-from serving.repository import sha256_file
+from serving.repository.checksums import sha256_file
+from serving.repository.networks import freeze_for_inference, load_network
 from serving.triton.model_config import THREADS_PARAM, manifest_from_parameters, triton_io
 
 log = logging.getLogger(__name__)

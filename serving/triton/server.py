@@ -29,7 +29,7 @@ from typing import IO
 import httpx
 
 from serving.errors import ModelLoadError
-from serving.process import free_port
+from serving.net import free_port
 
 HOST = "127.0.0.1"
 # Python-backend tensors travel through shared memory; one region per server, grown as needed.

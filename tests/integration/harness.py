@@ -14,7 +14,7 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.metrics import REPLICA_READY, exported
+from serving.observability.metrics import REPLICA_READY, exported
 from tests.conftest import Server
 
 

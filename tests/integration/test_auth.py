@@ -20,8 +20,9 @@ import httpx
 import pytest
 import yaml
 
-from serving.process import ServerProcess, free_port, running_server
-from serving.samples import make_radiograph
+from serving.net import free_port
+from serving.testing.process import ServerProcess, running_server
+from serving.testing.samples import make_radiograph
 from tests.conftest import MODEL_REPO, ROOT, TEST_LIMITS
 from tests.integration.harness import write_config
 

@@ -19,9 +19,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.local import edited_repository
-from serving.metrics import EXPORTED_PREFIX, REPLICA_READY
-from serving.process import ServerProcess, running_server
-from serving.samples import make_png
+from serving.observability.metrics import EXPORTED_PREFIX, REPLICA_READY
+from serving.testing.process import ServerProcess, running_server
+from serving.testing.samples import make_png
 from tests.canary import MODEL
 from tests.conftest import MODEL_REPO, ROOT
 from tests.integration.harness import write_config

@@ -20,8 +20,8 @@ import pytest
 from loadtests.local import edited_repository
 from loadtests.overload import Outcome, send
 from serving.app import deployment_name
-from serving.process import ServerProcess, running_server
-from serving.samples import make_png
+from serving.testing.process import ServerProcess, running_server
+from serving.testing.samples import make_png
 from tests.conftest import MODEL_REPO, ROOT
 from tests.integration.harness import ready_replicas, replica_pids, write_config
 from tests.prom import eventually

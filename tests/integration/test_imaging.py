@@ -14,8 +14,8 @@ from pydicom.data import get_testdata_file
 
 from serving.backends.torch_backend import TorchBackend
 from serving.imaging.pipeline import Payload, make_pipeline
-from serving.repository import load_repository
-from serving.samples import make_ct_series, make_png, make_radiograph, zip_series
+from serving.repository.store import load_repository
+from serving.testing.samples import make_ct_series, make_png, make_radiograph, zip_series
 from tests.conftest import MODEL_REPO, TEST_LIMITS, Server
 from tests.integration.harness import binary_infer, metric_total
 from tests.prom import eventually

@@ -17,14 +17,14 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from serving.metrics import (
+from serving.observability.metrics import (
     LLM_ADAPTER_LOADS,
     LLM_ADAPTERS_LOADED,
     LLM_DURATION,
     LLM_RUNNING,
     LLM_WAITING,
 )
-from serving.repository import load_repository
+from serving.repository.store import load_repository
 from tests.conftest import MODEL_REPO, Server
 from tests.integration.harness import metric_total, ready_replicas
 from tests.prom import ensure, eventually

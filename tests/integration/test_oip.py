@@ -11,8 +11,8 @@ import torch
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from serving.networks import load_network
-from serving.repository import load_repository
+from serving.repository.networks import load_network
+from serving.repository.store import load_repository
 from tests.conftest import MODEL_REPO, Server
 
 

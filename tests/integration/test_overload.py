@@ -15,10 +15,10 @@ import pytest
 
 from loadtests.local import edited_repository
 from loadtests.overload import Outcome, run_overload, send
-from serving.metrics import QUEUE_WAIT
-from serving.process import ServerProcess, running_server
-from serving.repository import load_repository
-from serving.samples import make_png
+from serving.observability.metrics import QUEUE_WAIT
+from serving.repository.store import load_repository
+from serving.testing.process import ServerProcess, running_server
+from serving.testing.samples import make_png
 from tests.conftest import MODEL_REPO, ROOT
 from tests.integration.harness import binary_infer, metric_total, write_config
 from tests.prom import eventually

@@ -23,8 +23,8 @@ from pydicom import dcmread
 from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML, RLELossless
 
-from serving.process import running_server
-from serving.samples import make_ct_series, make_png, make_radiograph, zip_series
+from serving.testing.process import running_server
+from serving.testing.samples import make_ct_series, make_png, make_radiograph, zip_series
 from tests.conftest import MODEL_REPO, ROOT, TEST_LIMITS
 from tests.integration.harness import write_config
 from tests.phi import BIRTH_DATE, PREFIX, find_markers, mark, marker, replace_once

@@ -20,12 +20,12 @@ import httpx
 import pytest
 import yaml
 
-from serving.dashboard import queries
-from serving.metrics import le_label
-from serving.process import free_port
-from serving.repository import load_repository
-from serving.samples import make_ct_series, make_radiograph, zip_series
-from serving.slo import INFERENCE_ROUTES, rules_yaml
+from serving.net import free_port
+from serving.observability.dashboard import queries
+from serving.observability.metrics import le_label
+from serving.observability.slo import INFERENCE_ROUTES, rules_yaml
+from serving.repository.store import load_repository
+from serving.testing.samples import make_ct_series, make_radiograph, zip_series
 from tests.conftest import MODEL_REPO, Server
 from tests.prom import binary, ensure, eventually
 

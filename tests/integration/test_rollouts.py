@@ -20,8 +20,8 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.process import ServerProcess, running_server
-from serving.samples import make_png
+from serving.testing.process import ServerProcess, running_server
+from serving.testing.samples import make_png
 from tests.canary import MODEL, canary_repo
 from tests.conftest import ROOT
 from tests.integration.harness import write_config

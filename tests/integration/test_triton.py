@@ -17,8 +17,8 @@ import pytest
 import tritonclient.http as httpclient
 import yaml
 
-from serving.process import ServerProcess, running_server
-from serving.samples import make_ct_series, make_radiograph, zip_series
+from serving.testing.process import ServerProcess, running_server
+from serving.testing.samples import make_ct_series, make_radiograph, zip_series
 from serving.triton.build import copy_with_backend
 from tests.conftest import MODEL_REPO, ROOT, TEST_LIMITS, Server
 

@@ -9,11 +9,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from serving.config import ClusterConfig
+from serving.deploy.k8s.groups import Demand, assign, demands, pod_bounds, pods_needed
+from serving.deploy.k8s.render import render
 from serving.errors import ModelLoadError
-from serving.k8s.groups import Demand, assign, demands, pod_bounds, pods_needed
-from serving.k8s.render import render
-from serving.k8s.settings import Overlay, WorkerGroup
+from serving.schema.cluster import ClusterConfig
+from serving.schema.kubernetes import Overlay, WorkerGroup
 from tests.conftest import MODEL_REPO, ROOT
 
 IMAGING = WorkerGroup(name="imaging-gpu", deployments=["*"], cpus=8, memory="32Gi", gpus=1)

@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from serving.app import AppArgs, deployment_name
 from serving.cli import app as cli
-from serving.k8s import pods
-from serving.k8s.groups import MAX_SURGE_PERCENT
-from serving.repository import load_cluster_config, load_repository
+from serving.deploy.k8s import pods
+from serving.deploy.k8s.groups import MAX_SURGE_PERCENT
+from serving.repository.store import load_cluster_config, load_repository
 from tests.conftest import MODEL_REPO, ROOT
 from tests.k8s.manifests import groups, rayservice, serve_config_v2
 

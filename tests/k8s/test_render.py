@@ -10,8 +10,8 @@ import yaml
 from typer.testing import CliRunner
 
 from serving.cli import app
-from serving.k8s.render import GENERATED, drift, render
-from serving.repository import load_cluster_config
+from serving.deploy.k8s.render import GENERATED, drift, render
+from serving.repository.store import load_cluster_config
 from tests.conftest import MODEL_REPO, ROOT
 from tests.k8s.manifests import K8S, OVERLAYS, by_kind, kustomize
 

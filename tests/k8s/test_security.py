@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from serving.app import GATEWAY
-from serving.k8s import pods
-from serving.k8s.groups import pool_resource
-from serving.repository import load_cluster_config, load_repository
+from serving.deploy.k8s import pods
+from serving.deploy.k8s.groups import pool_resource
+from serving.repository.store import load_cluster_config, load_repository
 from tests.conftest import MODEL_REPO, ROOT
 from tests.k8s.manifests import by_kind, groups, ray_pods, rayservice, selects, serve_config_v2
 

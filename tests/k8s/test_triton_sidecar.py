@@ -15,10 +15,10 @@ import yaml
 from ray.serve._private.build_app import build_app as build_serve_app
 
 from serving.app import build_app, deployment_name
+from serving.deploy.k8s import pods
+from serving.deploy.k8s.render import render
 from serving.errors import ModelLoadError
-from serving.k8s import pods
-from serving.k8s.render import render
-from serving.repository import load_cluster_config
+from serving.repository.store import load_cluster_config
 from serving.triton.model_config import parse
 from tests.conftest import MODEL_REPO, ROOT
 from tests.k8s.manifests import groups, serve_config_v2

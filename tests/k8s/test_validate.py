@@ -8,7 +8,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from serving.k8s import pods as k8s_pods
+from serving.deploy.k8s import pods as k8s_pods
 from tests.k8s.manifests import K8S_VERSION, groups, ray_pods
 
 # Custom resources: kubernetes-validate has no schema for them; test_rayservice.py checks

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from serving.admission import (
+from serving.errors import InvalidInput, QueueTimeout, Unavailable
+from serving.gateway.admission import (
     PREEMPTED,
     QUEUE_FULL,
     QUEUE_TIMEOUT,
@@ -16,9 +17,8 @@ from serving.admission import (
     Slot,
     default_capacity,
 )
-from serving.config import Admission, Scaling
-from serving.errors import InvalidInput, QueueTimeout, Unavailable
-from serving.priority import Priority, parse_priority
+from serving.protocol.priority import Priority, parse_priority
+from serving.schema.base import Admission, Scaling
 
 STAT, URGENT, ROUTINE = Priority.STAT, Priority.URGENT, Priority.ROUTINE
 

@@ -10,13 +10,13 @@ import pytest
 from fastapi import Depends, FastAPI, Request
 from fastapi.testclient import TestClient
 
-from serving.api.auth import FORBIDDEN, Auth, allowed, authenticate, authorize
-from serving.api.errors import install_error_handlers
-from serving.api.metrics import RequestMetrics
-from serving.audit import AuditLog
 from serving.errors import ModelNotFound
-from serving.metrics import ModelLabels
-from serving.tenants import Tenant, key_sha256
+from serving.gateway.audit import AuditLog
+from serving.gateway.tenants import Tenant, key_sha256
+from serving.http.auth import FORBIDDEN, Auth, allowed, authenticate, authorize
+from serving.http.error_map import install_error_handlers
+from serving.http.request_metrics import RequestMetrics
+from serving.observability.metrics import ModelLabels
 
 KNOWN = {"cxr-triage", "clinical-llm"}
 A_KEY, B_KEY = "key-of-clinic-a", "key-of-research"

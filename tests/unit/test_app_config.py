@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from serving.app import GATEWAY, deployment_name, deployment_options, serve_config
 from serving.cli import app
-from serving.repository import load_repository
+from serving.repository.store import load_repository
 from tests.conftest import MODEL_REPO, ROOT
 
 runner = CliRunner()

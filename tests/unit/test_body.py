@@ -7,8 +7,8 @@ import zlib
 
 import pytest
 
-from serving.api.body import decompress
 from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from serving.http.body import decompress
 
 
 def test_gzip_and_deflate_round_trip() -> None:

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from starlette.types import Message
 
-from serving.api.body import JSONBodyLimit
-from serving.api.errors import install_error_handlers
+from serving.http.body import JSONBodyLimit
+from serving.http.error_map import install_error_handlers
 
 LIMIT = 1024
 PATH = "/v1/chat/completions"

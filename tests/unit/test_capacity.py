@@ -14,8 +14,8 @@ from loadtests.capacity import HOURS_PER_MONTH, fit, make_plan
 from loadtests.profiler import Level, ModelProfile, load, save
 from loadtests.queueing import Arrivals
 from loadtests.traffic import load_rollout
-from serving.config import Scaling
-from serving.repository import load_manifest
+from serving.repository.store import load_manifest
+from serving.schema.base import Scaling
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = ROOT / "model_repo"

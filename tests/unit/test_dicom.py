@@ -15,7 +15,6 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import MPEG2MPML
 
-from serving import samples
 from serving.errors import (
     InvalidInput,
     MedserveError,
@@ -25,6 +24,7 @@ from serving.errors import (
 )
 from serving.imaging import dicom
 from serving.imaging.dicom import decode_png, decode_radiograph, decode_series, unzip_series
+from serving.testing import samples
 
 PHI = {
     "PatientName": "Zqphi^Marker",

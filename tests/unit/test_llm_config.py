@@ -15,7 +15,7 @@ from serving.cli import app
 from serving.errors import ModelLoadError
 from serving.llm.engine import select_engine
 from serving.llm.vllm_engine import engine_args
-from serving.repository import load_repository
+from serving.repository.store import load_repository
 from tests.conftest import MODEL_REPO
 
 LLM = "clinical-llm"

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 from serving.errors import InvalidInput
 from serving.llm.chat import ChatRequest, ChatService
 from serving.llm.transformers_engine import TransformersEngine, load_causal_lm
-from serving.repository import load_repository
+from serving.repository.store import load_repository
 from tests.conftest import MODEL_REPO
 
 LLM = "clinical-llm"

@@ -24,7 +24,7 @@ from loadtests.workloads import (
     sse_data,
     token_times,
 )
-from serving.repository import load_manifest
+from serving.repository.store import load_manifest
 
 REPO = Path(__file__).resolve().parents[2] / "model_repo"
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from loadtests.openloop import NOT_SENT, Record
 from loadtests.slo import evaluate, percentile, slo_of
-from serving.repository import load_manifest
+from serving.repository.store import load_manifest
 
 REPO = Path(__file__).resolve().parents[2] / "model_repo"
 

@@ -8,10 +8,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from serving.config import Weights
 from serving.errors import ModelLoadError
-from serving.networks import build_backbone, demo_state_dict, load_network, save_demo_weights
-from serving.repository import load_repository, sha256_file
+from serving.repository.checksums import sha256_file
+from serving.repository.networks import (
+    build_backbone,
+    demo_state_dict,
+    load_network,
+    save_demo_weights,
+)
+from serving.repository.store import load_repository
+from serving.schema.base import Weights
 from tests.conftest import MODEL_REPO
 
 REPO = load_repository(MODEL_REPO)

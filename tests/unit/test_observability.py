@@ -16,14 +16,14 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from serving import metrics
-from serving.api.errors import install_error_handlers
-from serving.api.metrics import RequestMetrics
 from serving.cli import app as cli
-from serving.dashboard import dashboard, dashboard_json, queries
 from serving.errors import QueueTimeout, Unavailable
-from serving.repository import load_repository
-from serving.slo import ALERT_NAMES, BURN_ALERTS, WINDOWS, rules, rules_yaml
+from serving.http.error_map import install_error_handlers
+from serving.http.request_metrics import RequestMetrics
+from serving.observability import metrics
+from serving.observability.dashboard import dashboard, dashboard_json, queries
+from serving.observability.slo import ALERT_NAMES, BURN_ALERTS, WINDOWS, rules, rules_yaml
+from serving.repository.store import load_repository
 from tests.conftest import MODEL_REPO, ROOT
 from tests.prom import binary
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving import samples
 from serving.errors import InvalidInput
 from serving.imaging.dicom import Volume, decode_series
 from serving.imaging.preprocess import CTPreprocessor, RadiographPreprocessor
+from serving.testing import samples
 
 # --- radiographs ---------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from serving.errors import ModelLoadError
-from serving.repository import load_cluster_config, load_repository, sha256_file
+from serving.repository.checksums import sha256_file
+from serving.repository.store import load_cluster_config, load_repository
 from tests.conftest import MODEL_REPO
 
 

@@ -18,13 +18,14 @@ from typer.testing import CliRunner
 
 from serving.app import GATEWAY, deployment_name, deployment_options, serve_config
 from serving.cli import app
-from serving.config import ModelManifest
-from serving.deployments.gateway import Gateway, handle_key
+from serving.deployments.gateway import Gateway
 from serving.errors import ModelLoadError, ModelNotFound
-from serving.llm.manifest import LLMManifest
-from serving.repository import load_repository
-from serving.rollout import parse_weights, set_traffic
-from serving.traffic import Routing, pick, revision, routing
+from serving.gateway.targets import handle_key
+from serving.gateway.traffic import Routing, pick, revision, routing
+from serving.repository.rollout import parse_weights, set_traffic
+from serving.repository.store import load_repository
+from serving.schema.imaging import ModelManifest
+from serving.schema.llm import LLMManifest
 from tests.canary import MODEL, canary_repo
 from tests.conftest import MODEL_REPO
 

@@ -16,7 +16,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
 )
 
-from serving import samples
+from serving.testing import samples
 
 
 def read(data: bytes) -> pydicom.Dataset:

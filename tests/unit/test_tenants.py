@@ -10,10 +10,10 @@ import yaml
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from serving import tenants as tenants_mod
 from serving.cli import app
 from serving.errors import ModelLoadError
-from serving.tenants import (
+from serving.gateway import tenants as tenants_mod
+from serving.gateway.tenants import (
     Keyring,
     RateLimiter,
     Tenant,

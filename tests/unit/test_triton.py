@@ -18,11 +18,12 @@ from typer.testing import CliRunner
 
 from serving.backends.triton_backend import TritonBackend
 from serving.cli import app
-from serving.config import TritonSettings
 from serving.errors import MedserveError, ModelLoadError, Unavailable
-from serving.networks import load_network
-from serving.process import free_port
-from serving.repository import Repository, load_repository, sha256_file
+from serving.net import free_port
+from serving.repository.checksums import sha256_file
+from serving.repository.networks import load_network
+from serving.repository.store import Repository, load_repository
+from serving.schema.imaging import TritonSettings
 from serving.triton.build import build_repository, copy_with_backend
 from serving.triton.embedded import triton_endpoint
 from serving.triton.model_config import MANIFEST_PARAM, model_config, parse, render

@@ -1,0 +1,236 @@
+"""The gateway's request path, free of HTTP and of Serve's deployment decorators: the HTTP layer
+(serving.http) calls it through `serving.http.gateway_api.GatewayAPI`; the Serve deployment
+(serving.deployments.gateway) wraps it.
+
+A request resolves to a `Target` (imaging, with the canary split applied) or an `LLMTarget`
+(a chat, adapter included), then goes through the model's admission queue
+(serving.gateway.admission: priority order, shedding) and the retry policy
+(serving.gateway.retry) to the model's deployment handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from serving.errors import MedserveError, ModelNotFound, QueueTimeout
+from serving.gateway.admission import AdmissionControl, ModelAdmission, Slot
+from serving.gateway.retry import once_more_if_replica_lost, serve_errors
+from serving.gateway.targets import LLMTarget, Target, handle_key, split_key
+from serving.gateway.traffic import Routing, pick, routing
+from serving.observability.metrics import AdmissionMetrics, latency_buckets
+from serving.protocol.priority import Priority
+from serving.repository.store import load_repository
+from serving.schema.cluster import ClusterConfig
+from serving.schema.imaging import ModelManifest
+from serving.schema.llm import LLMManifest
+
+log = logging.getLogger("ray.serve")
+
+READY_TIMEOUT_S = 2.0
+
+
+class Router:
+    """The request path without HTTP: resolve a model name to a deployment, admit the call
+    (priority queue, shedding), call it with the retry policy, and stream its output."""
+
+    def __init__(
+        self, repo_root: str, config: dict[str, Any], handles: dict[str, DeploymentHandle]
+    ) -> None:
+        self.repo = load_repository(Path(repo_root))
+        self.config = ClusterConfig.model_validate(config)
+        self.handles = handles
+        # Replaced by `reconfigure` (the deployment's user_config) before any request.
+        self.traffic = routing(self.repo)
+        self.rng = random.Random()
+        self.admission = AdmissionControl(
+            self.config.gateway.num_replicas, self.config.http.request_timeout_s
+        )
+        self._admission_metrics: AdmissionMetrics | None = None
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """A new traffic split, applied in place (a canary step or a rollback)."""
+        new = Routing.model_validate(user_config)
+        for model, split in new.traffic.items():
+            missing = [v for v in split if handle_key(model, v) not in self.handles]
+            if missing:
+                raise ValueError(f"traffic of {model!r} names unserved versions {missing}")
+        self.traffic = new  # one reference swap: each request sees the old or the new split
+        log.info("traffic split: %s", new.traffic)
+
+    def routing(self) -> dict[str, Any]:
+        """The live split (`serving.app.run` waits until it equals what was deployed)."""
+        return self.traffic.model_dump()
+
+    @property
+    def manifests(self) -> dict[str, ModelManifest]:
+        return self.repo.models
+
+    @property
+    def llm_manifests(self) -> dict[str, LLMManifest]:
+        return self.repo.llms
+
+    def resolve_llm(self, model: str) -> LLMTarget:
+        name, _, adapter = model.partition(":")
+        manifest = self.repo.llms.get(name)
+        if manifest is None or (adapter and adapter not in {a.name for a in manifest.adapters}):
+            # Never the client's text back (it could be anything): where to find the names.
+            raise ModelNotFound("The model does not exist; GET /v1/models lists the models")
+        handle = self.handles.get(handle_key(name, manifest.served_version))
+        if handle is None:
+            raise ModelNotFound(f"model {name!r} is not served")
+        if adapter:
+            handle = handle.options(multiplexed_model_id=adapter)
+        return LLMTarget(manifest, manifest.served_version, handle, adapter or None)
+
+    def resolve(self, model: str, version: str | None = None) -> Target:
+        manifest = self.repo.models.get(model)
+        if manifest is None:
+            raise ModelNotFound(
+                f"unknown model; this server has {', '.join(sorted(self.repo.models))}"
+            )
+        split = self.traffic.traffic.get(model)
+        label = version or (pick(split, self.rng) if split else manifest.served_version)
+        handle = self.handles.get(handle_key(model, label))
+        if handle is None:
+            served = ", ".join(v for m, v in map(split_key, self.handles) if m == model)
+            raise ModelNotFound(f"model {model!r} has no such served version; served: {served}")
+        return Target(manifest, label, handle)
+
+    def routed_targets(self) -> list[Target | LLMTarget]:
+        """Every version that takes unpinned traffic (a canary too, not one picked at random),
+        and every LLM: what readiness waits for."""
+        targets: list[Target | LLMTarget] = [
+            self.resolve(name, version) for name, m in self.manifests.items()
+            for version in self.traffic.traffic.get(name, {m.served_version: 1})
+        ]
+        return targets + [self.resolve_llm(name) for name in self.llm_manifests]
+
+    def admission_for(self, target: Target | LLMTarget) -> ModelAdmission:
+        return self.admission.get(handle_key(target.manifest.name, target.version),
+                                  target.manifest)
+
+    async def _admit(
+        self, target: Target | LLMTarget, priority: Priority, timeout_s: float
+    ) -> Slot:
+        start = time.monotonic()
+        slot = await self.admission_for(target).acquire(priority, timeout_s)
+        self._metrics().admitted(target.manifest.name, target.version, priority.label,
+                                 time.monotonic() - start)
+        return slot
+
+    def _metrics(self) -> AdmissionMetrics:
+        # Made on first use: Ray's metric objects need the replica this runs in.
+        if self._admission_metrics is None:
+            manifests = [*self.repo.models.values(), *self.repo.llms.values()]
+            self._admission_metrics = AdmissionMetrics(latency_buckets(manifests),
+                                                       self._admission_stats)
+        return self._admission_metrics
+
+    def _admission_stats(self) -> list[tuple[str, str, int, int]]:
+        # Runs on the heartbeat thread: a snapshot of the queues (ints, read atomically).
+        return [(*split_key(key), a.in_flight, a.queued)
+                for key, a in list(self.admission.models.items())]
+
+    async def call(
+        self, target: Target | LLMTarget, method: str, *args: Any,
+        priority: Priority = Priority.ROUTINE, timeout_s: float | None = None,
+    ) -> Any:
+        """Call a model deployment through admission control (priority queue, shedding).
+
+        A unary call whose replica dies is sent once more (inference is idempotent; Serve's
+        router has dropped the dead replica) before it becomes a retryable 503. The request
+        timeout covers the queue wait and both attempts.
+        """
+        timeout_s = timeout_s or self.config.http.request_timeout_s
+        deadline = time.monotonic() + timeout_s
+        with await self._admit(target, priority, timeout_s):
+            return await once_more_if_replica_lost(
+                target.manifest.name, method,
+                lambda: self._invoke(target, method, args, deadline),
+            )
+
+    async def _invoke(
+        self, target: Target | LLMTarget, method: str, args: tuple[Any, ...], deadline: float
+    ) -> Any:
+        """One call, no admission: Serve's failure modes as domain errors, 504 past deadline."""
+        name = target.manifest.name
+        timeout_s = max(0.0, deadline - time.monotonic())
+        response = target.handle.options(method_name=method).remote(*args)
+        with serve_errors(name):
+            try:
+                return await asyncio.wait_for(response, timeout_s)
+            except TimeoutError:
+                response.cancel()
+                raise QueueTimeout(f"{name} did not answer in time") from None
+
+    async def stream(
+        self, target: LLMTarget, method: str, *args: Any, priority: Priority = Priority.ROUTINE
+    ) -> AsyncIterator[Any]:
+        """Open a streaming call; its first item arrives within the request timeout or 504.
+
+        Awaits that first item before returning, so errors raised before any output (bad
+        input, unknown adapter, capacity) surface here as status codes, not mid-stream. The
+        stream holds an admission slot until it ends. A replica lost before the first item
+        is retried once (nothing was sent yet); one lost mid-stream raises a retryable
+        Unavailable, which the route reports in-band.
+        """
+        timeout_s = self.config.http.request_timeout_s
+        deadline = time.monotonic() + timeout_s
+        name = target.manifest.name
+        slot = await self._admit(target, priority, timeout_s)
+        try:
+            response, first = await once_more_if_replica_lost(
+                name, method, lambda: self._open_stream(target, method, args, deadline)
+            )
+        except BaseException:
+            slot.release()
+            raise
+
+        async def rest(slot: Slot) -> AsyncIterator[Any]:
+            done = False
+            try:
+                yield first
+                with serve_errors(name):
+                    async for item in response:
+                        yield item
+                done = True
+            finally:
+                slot.release()
+                if not done:  # the client went away: cancel the replica's generator too
+                    response.cancel()
+
+        return rest(slot)
+
+    async def _open_stream(
+        self, target: LLMTarget, method: str, args: tuple[Any, ...], deadline: float
+    ) -> tuple[DeploymentResponseGenerator[Any], Any]:
+        name = target.manifest.name
+        response: DeploymentResponseGenerator[Any] = target.handle.options(  # type: ignore[assignment]
+            method_name=method, stream=True
+        ).remote(*args)
+        with serve_errors(name):
+            try:
+                first = await asyncio.wait_for(
+                    response.__anext__(), max(0.0, deadline - time.monotonic())
+                )
+            except TimeoutError:
+                response.cancel()
+                raise QueueTimeout(f"{name} did not answer in time") from None
+        return response, first
+
+    async def ready(self, target: Target | LLMTarget) -> bool:
+        # Not admitted: readiness must answer even while the model's queue is full.
+        try:
+            return bool(await self._invoke(
+                target, "ready", (), time.monotonic() + READY_TIMEOUT_S
+            ))
+        except MedserveError:
+            return False

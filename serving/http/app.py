@@ -1,0 +1,51 @@
+"""HTTP layer: routes parse and delegate; errors are mapped in `serving.api.errors`."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import FastAPI, Request
+from ray.serve.context import _get_serve_request_context
+
+import serving
+from serving.http.auth import install_auth
+from serving.http.body import JSONBodyLimit
+from serving.http.error_map import install_error_handlers
+from serving.http.gateway_api import GatewayAPI
+from serving.http.request_metrics import install_metrics
+from serving.http.routes import imaging, oip, openai
+
+
+def create_app(gateway: GatewayAPI) -> FastAPI:
+    app = FastAPI(
+        title="Medserve",
+        version=serving.__version__,
+        description=(
+            "Inference serving for medical AI models. Every result is decision support for a "
+            "clinician, names the model and version that produced it, and carries the model's "
+            "intended-use statement."
+        ),
+    )
+    app.state.gateway = gateway
+    # FastAPI reads a JSON model's body before any handler runs: bound it in `receive`.
+    # Innermost on purpose: a middleware between it and the route that runs `receive` in a
+    # task group (Starlette's BaseHTTPMiddleware) would wrap its 413 in an ExceptionGroup,
+    # which FastAPI turns into a generic 400.
+    app.add_middleware(
+        JSONBodyLimit, limits={"/v1/chat/completions": gateway.config.limits.max_chat_bytes}
+    )
+    install_auth(app, gateway)  # an app-wide dependency: before the routers are included
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next):
+        # Serve's proxy assigns the id and returns it as the X-Request-ID header; the body and
+        # the audit trail use the same one.
+        request.state.request_id = _get_serve_request_context().request_id or uuid.uuid4().hex
+        return await call_next(request)
+
+    install_error_handlers(app)
+    install_metrics(app, gateway)  # added last: the outermost middleware times the rest
+    app.include_router(oip.router)
+    app.include_router(imaging.router)
+    app.include_router(openai.router)
+    return app

@@ -1,0 +1,76 @@
+"""The one mapping from exceptions to HTTP responses.
+
+OIP and imaging routes answer `{"error": "..."}`; OpenAI-compatible routes answer
+`{"error": {"message", "type", "param", "code"}}`. Unexpected exceptions become a bare 500:
+their text may hold request content, so it is neither returned nor logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from serving.errors import MedserveError, PayloadTooLarge, UnsupportedMediaType
+from serving.http.request_metrics import note_error
+
+log = logging.getLogger("ray.serve")
+
+OPENAI_PREFIXES = ("/v1/chat/", "/v1/completions", "/v1/models")
+# Starlette's and FastAPI's own HTTPExceptions (e.g. the body limit's 413) get the type the
+# matching domain error has, so clients and the errors metric see one vocabulary.
+HTTP_ERROR_TYPES = {413: PayloadTooLarge.error_type, 415: UnsupportedMediaType.error_type}
+
+
+def _is_openai(request: Request) -> bool:
+    return request.url.path.startswith(OPENAI_PREFIXES)
+
+
+def error_response(
+    request: Request, status: int, message: str, error_type: str,
+    retry_after_s: float | None = None, param: str | None = None,
+    shed_reason: str | None = None,
+) -> JSONResponse:
+    note_error(request, status, error_type, shed_reason)
+    headers = {}
+    if status in (429, 503) or retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s or 1)))
+    if status == 401:  # RFC 6750: say which scheme to authenticate with
+        headers["WWW-Authenticate"] = 'Bearer realm="medserve"'
+    body: dict[str, object]
+    if _is_openai(request):
+        body = {"error": {"message": message, "type": error_type, "param": param, "code": status}}
+    else:
+        body = {"error": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(MedserveError)
+    async def domain(request: Request, exc: MedserveError) -> JSONResponse:
+        return error_response(
+            request, exc.status_code, exc.message, exc.error_type, exc.retry_after_s,
+            shed_reason=exc.shed_reason,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Only the location and pydantic's message: the offending input value is not echoed.
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(request, 400, f"{where}: {first['msg']}", "invalid_request_error")
+
+    @app.exception_handler(HTTPException)
+    async def http(request: Request, exc: HTTPException) -> JSONResponse:
+        error_type = HTTP_ERROR_TYPES.get(exc.status_code, "invalid_request_error")
+        return error_response(request, exc.status_code, str(exc.detail), error_type)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        rid = getattr(request.state, "request_id", "-")
+        log.error("unhandled %s on %s (request %s)", type(exc).__name__, request.url.path, rid)
+        return error_response(request, 500, "internal error", "internal_error")

@@ -1,0 +1,11 @@
+"""SHA-256 of weights and tokenizer files, as recorded in the manifests."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -1,0 +1,85 @@
+"""The cluster config (`medserve.yaml`): HTTP, limits, gateway, auth, audit, Ray, Kubernetes.
+
+With the model manifests it is the one source of truth everything else is derived from (the
+Serve application, the `serve deploy` YAML, KubeRay's serveConfigV2).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from serving.schema.base import Strict
+from serving.schema.kubernetes import KubernetesConfig
+
+
+class HTTPConfig(Strict):
+    host: str = Field("127.0.0.1", description="Address the Serve proxy binds.")
+    port: int = Field(8000, ge=0, le=65535, description="Port the Serve proxy binds.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Longest a request may wait (504).")
+    keep_alive_timeout_s: int = Field(30, ge=1, description="Proxy keep-alive for clients.")
+
+
+class Limits(Strict):
+    max_instance_bytes: int = Field(64 << 20, ge=1024, description="One DICOM/PNG body (413).")
+    max_series_bytes: int = Field(512 << 20, ge=1024, description="One series upload (413).")
+    max_series_instances: int = Field(2000, ge=1, description="Instances in one series.")
+    max_tensor_bytes: int = Field(256 << 20, ge=1024, description="One OIP infer body (413).")
+    max_chat_bytes: int = Field(
+        1 << 20, ge=1024, description="One chat completions JSON body (413)."
+    )
+
+
+class GatewayConfig(Strict):
+    num_replicas: int = Field(1, ge=1, description="Gateway (FastAPI ingress) replicas.")
+    cpus: float = Field(0.25, ge=0, description="Ray CPU resource per gateway replica.")
+    max_ongoing_requests: int = Field(512, ge=1, description="In-flight cap per gateway.")
+
+
+class AuthConfig(Strict):
+    """Tenant authentication (serving/tenants.py): API keys, model allow-lists, rate limits."""
+
+    tenants_file: str | None = Field(
+        None,
+        description="Tenants YAML (`medserve tenants add`); when set, every model route needs "
+        "`Authorization: Bearer <key>`. $MEDSERVE_TENANTS_FILE (`medserve serve --tenants`, "
+        "the Kubernetes pods) takes precedence; neither: auth off (loopback only). Each "
+        "tenant's rate_per_s and burst are cluster-wide: every gateway replica enforces "
+        "1/gateway.num_replicas of them with its own token bucket.",
+    )
+
+
+class AuditConfig(Strict):
+    """Audit trail: one JSON line per request, never request content (serving/audit.py)."""
+
+    enabled: bool = Field(True, description="Write the audit log.")
+    path: str | None = Field(
+        None,
+        description="JSON-lines file the gateways append to; default: medserve_audit.jsonl "
+        "beside Serve's own logs (<ray session>/logs/serve/) on each gateway's node.",
+    )
+
+
+class RayConfig(Strict):
+    num_cpus: int | None = Field(
+        None, ge=1, description="Logical CPU slots of the embedded Ray (default: machine cores)."
+    )
+    metrics_export_port: int | None = Field(None, description="Ray metrics export port.")
+
+
+class ClusterConfig(Strict):
+    http: HTTPConfig = Field(default_factory=HTTPConfig)
+    limits: Limits = Field(default_factory=Limits)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Tenants and API keys.")
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="Request audit log.")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where models run: the GPU when present (auto), or forced."
+    )
+    app_name: str = Field("medserve", description="Serve application name.")
+    kubernetes: KubernetesConfig = Field(
+        default_factory=KubernetesConfig,
+        description="KubeRay overlays: node pools, pod sizes, model store (`medserve build-k8s`).",
+    )

@@ -1,0 +1,216 @@
+"""Manifest schema of an imaging model: tensors, preprocessing, weights, batching, SLO.
+
+An imaging manifest says `kind: imaging` (the default); the repository loader picks the
+schema by that key.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from serving.protocol.datatypes import OIP_DATATYPES
+from serving.schema.base import NAME, VERSION, Admission, Resources, Scaling, Strict, Weights
+
+
+class TensorSpec(Strict):
+    name: str = Field(description="Tensor name as seen on the Open Inference Protocol.")
+    datatype: Literal[OIP_DATATYPES] = Field(  # type: ignore[valid-type]
+        description="OIP datatype name, e.g. FP32."
+    )
+    shape: list[int] = Field(description="Shape; -1 means any size along that axis.")
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, shape: list[int]) -> list[int]:
+        if not shape or any(d < -1 or d == 0 for d in shape):
+            raise ValueError("shape must be non-empty, each dimension positive or -1")
+        return shape
+
+
+class Architecture(Strict):
+    name: Literal["densenet121", "nodule-centernet"] = Field(
+        description="Network family the weights belong to (see serving/networks.py)."
+    )
+    params: dict[str, int | float | list[int]] = Field(
+        default_factory=dict, description="Constructor arguments of the network."
+    )
+
+
+class RadiographPreprocessing(Strict):
+    kind: Literal["radiograph"] = "radiograph"
+    spatial_size: tuple[int, int] = Field((224, 224), description="Model input size (H, W).")
+    mean: float = Field(0.5, description="Intensity mean subtracted after scaling to [0, 1].")
+    std: float = Field(0.25, gt=0, description="Intensity std divided after scaling.")
+
+
+class CTPreprocessing(Strict):
+    kind: Literal["ct"] = "ct"
+    hu_window: tuple[float, float] = Field((-1000.0, 400.0), description="HU clip range.")
+    target_spacing_mm: tuple[float, float, float] = Field(
+        (2.0, 2.0, 2.0), description="Resampled voxel size (x, y, z) in mm."
+    )
+    min_slices: int = Field(3, ge=1, description="Fewest instances accepted as a volume.")
+    roi_size: tuple[int, int, int] = Field((64, 64, 64), description="Sliding-window ROI.")
+    sw_batch_size: int = Field(2, ge=1, description="Windows per sliding-window forward pass.")
+    overlap: float = Field(0.25, ge=0, lt=1, description="Sliding-window overlap fraction.")
+    score_threshold: float = Field(0.5, ge=0, le=1, description="Lowest candidate score kept.")
+    max_candidates: int = Field(10, ge=1, description="Most candidates returned per scan.")
+    min_distance_mm: float = Field(5.0, ge=0, description="NMS radius between candidates.")
+
+
+Preprocessing = Annotated[RadiographPreprocessing | CTPreprocessing, Field(discriminator="kind")]
+
+
+class ModelVersion(Strict):
+    version: str = Field(description="Version label, also the folder name under the model.")
+    weights: Weights = Field(description="Weights of this version.")
+
+    @field_validator("version")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        if not VERSION.match(v):
+            raise ValueError("version must be 1-32 characters of letters, digits, '.', '_', '-'")
+        return v
+
+
+class Batching(Strict):
+    max_batch_size: int = Field(8, ge=1, description="Largest batch `@serve.batch` forms.")
+    batch_wait_timeout_ms: float = Field(
+        5.0, ge=0, description="How long a partial batch waits for more requests."
+    )
+
+
+class SLO(Strict):
+    latency_threshold_s: float = Field(gt=0, description="End-to-end latency threshold.")
+    latency_objective: float = Field(
+        0.99, gt=0, lt=1, description="Fraction of requests that must be under the threshold."
+    )
+    availability_objective: float = Field(
+        0.999, gt=0, lt=1, description="Fraction of requests that must not fail with 5xx."
+    )
+
+
+class TritonSettings(Strict):
+    """How Triton serves a model whose `backend` is `triton` (`medserve build-triton`)."""
+
+    max_queue_delay_ms: float | None = Field(
+        None, ge=0,
+        description="Triton's dynamic batcher wait for a fuller batch (default: batching's).",
+    )
+    priority_levels: int = Field(
+        2, ge=0, le=16, description="Dynamic-batching priority levels, 1 most urgent; 0: none."
+    )
+    default_priority_level: int | None = Field(
+        None, ge=1, description="Level of requests that name none (default: the lowest)."
+    )
+    instance_count: int = Field(
+        1, ge=1, description="Model instances per Triton server (instance_group count)."
+    )
+    timeout_s: float = Field(
+        10.0, gt=0, description="Deadline of one call to Triton; past it the request gets 503."
+    )
+
+    @model_validator(mode="after")
+    def _levels(self) -> TritonSettings:
+        level = self.default_priority_level
+        if level is not None and not 1 <= level <= self.priority_levels:
+            raise ValueError("default_priority_level must be between 1 and priority_levels")
+        return self
+
+
+class ModelManifest(Strict):
+    kind: Literal["imaging"] = Field(
+        "imaging", description="Manifest schema; LLM manifests say `kind: llm`."
+    )
+    name: str = Field(description="Model name used in every URL.")
+    task: Literal["classification", "detection"] = Field(description="What the model outputs.")
+    description: str = Field("", description="One line for `medserve models` and metadata.")
+    modalities: list[str] = Field(description="DICOM Modality values accepted, e.g. [CR, DX].")
+    content_types: list[
+        Literal["application/dicom", "image/png", "multipart/form-data", "application/zip"]
+    ] = Field(description="Request body types the predict route takes.")
+    labels: list[str] = Field(description="Output labels, in output-channel order.")
+    architecture: Architecture
+    inputs: list[TensorSpec] = Field(description="OIP input tensors (preprocessed).")
+    outputs: list[TensorSpec] = Field(description="OIP output tensors.")
+    preprocessing: Preprocessing
+    backend: Literal["torch", "triton"] = Field("torch", description="Inference backend.")
+    triton: TritonSettings = Field(
+        default_factory=TritonSettings, description="Triton settings (backend: triton)."
+    )
+    versions: list[ModelVersion] = Field(min_length=1, description="Versions in the repository.")
+    default_version: str | None = Field(None, description="Version served when none is pinned.")
+    traffic: dict[str, int] | None = Field(
+        None,
+        description="Canary split of unpinned requests: version label -> weight (relative, "
+        "e.g. percent); default: all to default_version. Changing it restarts no replica.",
+    )
+    batching: Batching = Field(default_factory=Batching)
+    scaling: Scaling = Field(default_factory=Scaling)
+    admission: Admission = Field(default_factory=Admission)
+    resources: Resources = Field(default_factory=Resources)
+    slo: SLO
+    intended_use: str = Field(min_length=20, description="Intended-use statement on every reply.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("name must be lowercase letters, digits and '-', max 63 characters")
+        return v
+
+    @field_validator("modalities")
+    @classmethod
+    def _upper(cls, v: list[str]) -> list[str]:
+        return [m.upper() for m in v]
+
+    @field_validator("traffic", mode="before")
+    @classmethod
+    def _labels_as_text(cls, v: object) -> object:
+        # YAML reads `{1: 90}` with integer keys; version labels are text.
+        return {str(k): w for k, w in v.items()} if isinstance(v, dict) else v
+
+    @field_validator("traffic")
+    @classmethod
+    def _weights(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        if v is not None and (any(w < 0 for w in v.values()) or sum(v.values()) <= 0):
+            raise ValueError("traffic weights must be >= 0 with a positive sum")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelManifest:
+        labels = [v.version for v in self.versions]
+        if len(set(labels)) != len(labels):
+            raise ValueError("version labels must be unique")
+        if self.default_version is not None and self.default_version not in labels:
+            raise ValueError(f"default_version {self.default_version!r} is not in versions")
+        unknown = sorted(set(self.traffic or {}) - set(labels))
+        if unknown:
+            raise ValueError(f"traffic names versions not in versions: {', '.join(unknown)}")
+        if self.task == "classification" and self.preprocessing.kind != "radiograph":
+            raise ValueError("classification models take radiograph preprocessing")
+        if self.task == "detection" and self.preprocessing.kind != "ct":
+            raise ValueError("detection models take ct preprocessing")
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            raise ValueError("imaging models have exactly one input and one output tensor")
+        if self.backend == "triton" and not all(v.isdigit() and int(v) > 0 for v in labels):
+            raise ValueError("Triton takes positive integer version labels (backend: triton)")
+        return self
+
+    @property
+    def served_version(self) -> str:
+        return self.default_version or self.versions[-1].version
+
+    @property
+    def traffic_split(self) -> dict[str, int]:
+        """Weights of unpinned requests by version, zero weights left out."""
+        split = self.traffic or {self.served_version: 100}
+        return {label: w for label, w in split.items() if w > 0}
+
+    def version(self, label: str) -> ModelVersion:
+        for v in self.versions:
+            if v.version == label:
+                return v
+        raise KeyError(label)

@@ -1,0 +1,104 @@
+"""Run `medserve serve` as a child process: used by the tests, benchmarks and load tests.
+
+The server gets its own process session so that it, and every Ray process it starts, can be
+stopped by process id even if a graceful shutdown hangs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from serving.net import free_port
+
+READY_PATH = "/v2/health/ready"
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    metrics_port: int | None = None  # Ray's metrics export port (Prometheus text), if fixed
+    ray_tmpdir: Path | None = None  # this server's private RAY_TMPDIR: its Ray session logs
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host_port(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout_s: float = 420.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"medserve exited with {self.proc.returncode}; see {self.log}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + READY_PATH, timeout=5).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"medserve not ready within {timeout_s:g} s; see {self.log}")
+            time.sleep(0.5)  # readiness polling interval
+
+    def stop(self, grace_s: float = 90.0) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=grace_s)
+        # Ray's helper processes share the server's session: end any that outlived it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+def start_server(
+    *extra_args: str, log: Path, cwd: Path | None = None, metrics: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> ServerProcess:
+    """Start `medserve serve` on a free port; `metrics` fixes a free metrics export port too;
+    `env` adds variables (e.g. Ray's `RAY_metrics_report_interval_ms`)."""
+    port = free_port()
+    metrics_port = free_port() if metrics else None
+    if metrics_port is not None:
+        extra_args = (*extra_args, "--metrics-port", str(metrics_port))
+    child_env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **(env or {})}
+    # A short private temp dir: Ray keeps its session logs there, and its unix socket paths
+    # must stay under the 107-character limit.
+    ray_tmpdir = tempfile.mkdtemp(prefix="ms-", dir="/tmp")
+    child_env["RAY_TMPDIR"] = ray_tmpdir
+    cmd = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), *extra_args]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env, cwd=cwd,
+            start_new_session=True,
+        )
+    return ServerProcess(proc, port, log, metrics_port, Path(ray_tmpdir))
+
+
+@contextlib.contextmanager
+def running_server(
+    *extra_args: str, log: Path, cwd: Path | None = None, metrics: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[ServerProcess]:
+    server = start_server(*extra_args, log=log, cwd=cwd, metrics=metrics, env=env)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
