@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel is local; any other spec pulls CUDA wheels.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,loadtest]'
+	$(BIN)/python -m pip install -q -e '.[dev,loadtest,triton]'
 	touch $(STAMP)
 
 setup: $(STAMP)

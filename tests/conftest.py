@@ -24,10 +24,15 @@ TEST_LIMITS = {
 Server = ServerProcess
 
 
+TIERS = ("unit", "integration", "k8s")  # one folder each under tests/
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test gets its folder's tier marker (`pytest -m unit`: no Ray, under a minute)."""
     for item in items:
-        if "integration" in item.path.parts:
-            item.add_marker(pytest.mark.integration)
+        tier = next((t for t in TIERS if t in item.path.parts), None)
+        if tier is not None:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")

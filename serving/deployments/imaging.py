@@ -1,4 +1,5 @@
-"""ImagingModel deployment: decode -> preprocess -> `@serve.batch` -> backend -> findings.
+"""ImagingModel deployment: decode -> preprocess -> batch (serving/backends/batching.py) ->
+backend -> findings.
 
 One deployment per (model, version), configured from its manifest. Batching limits come from
 the manifest and are applied to the batch queue at start-up.
@@ -18,6 +19,7 @@ import torch
 from ray import serve
 
 from serving.backends.base import Backend
+from serving.backends.batching import Batcher
 from serving.backends.torch_backend import TorchBackend
 from serving.backends.triton_backend import TritonBackend
 from serving.errors import ModelLoadError
@@ -56,16 +58,12 @@ class ImagingModel:
             threads = res.threads or max(1, math.ceil(res.cpus))
             self.backend = TorchBackend(self.manifest, v, repo.verify(model, v), _device(), threads)
         self.pipeline = make_pipeline(self.manifest)
-        batching = self.manifest.batching
-        self._batched.set_max_batch_size(batching.max_batch_size)  # type: ignore[attr-defined]
-        self._batched.set_batch_wait_timeout_s(  # type: ignore[attr-defined]
-            batching.batch_wait_timeout_ms / 1e3
-        )
         # Buckets from the whole repository: every process must register identical buckets.
         models = [*repo.models.values(), *repo.llms.values()]
         self.metrics = ModelMetrics(
             model, version, latency_buckets(models), batch_buckets(models)
         )
+        self.batcher = Batcher(self.backend, self.manifest.batching, self.metrics)
         self.metrics.keep_ready(self.backend.ready)
         log.info("loaded %s version %s on %s", model, version, _device())
 
@@ -82,7 +80,7 @@ class ImagingModel:
         x, context = await asyncio.to_thread(self.pipeline.prepare, payload)
         t1 = time.perf_counter()
         self.metrics.preprocess.observe(t1 - t0)
-        y, queue_s, infer_s = await self._batched((x, t1))
+        y, queue_s, infer_s = await self.batcher(x)
         t2 = time.perf_counter()
         findings = self.pipeline.findings(y, context)
         t3 = time.perf_counter()
@@ -99,15 +97,5 @@ class ImagingModel:
     async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw tensors in, raw tensors out (the OIP path); inputs are validated upstream."""
         (x,) = inputs.values()
-        y, _, _ = await self._batched((x.astype(np.float32, copy=False), time.perf_counter()))
+        y, _, _ = await self.batcher(x.astype(np.float32, copy=False))
         return {self.manifest.outputs[0].name: y}
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def _batched(
-        self, items: list[tuple[np.ndarray, float]]
-    ) -> list[tuple[np.ndarray, float, float]]:
-        start = time.perf_counter()
-        outputs = await self.backend.run([x for x, _ in items])
-        infer_s = time.perf_counter() - start
-        self.metrics.batch([start - queued for _, queued in items], infer_s)
-        return [(y, start - queued, infer_s) for (_, queued), y in zip(items, outputs, strict=True)]

@@ -8,7 +8,7 @@ request arrives.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -105,3 +105,62 @@ class Resources(Strict):
     cpus: float = Field(1.0, ge=0, description="Ray CPU resource per replica.")
     gpus: float = Field(0.0, ge=0, le=8, description="GPU (fraction) per replica where present.")
     threads: int | None = Field(None, ge=1, description="Torch intra-op threads (default: cpus).")
+
+
+class ModelVersion(Strict):
+    """One version of a model: its folder under the model and its weights."""
+
+    version: str = Field(description="Version label, also the folder name under the model.")
+    weights: Weights = Field(description="Weights of this version (an LLM's base checkpoint).")
+
+    @field_validator("version")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        if not VERSION.match(v):
+            raise ValueError("version must be 1-32 characters of letters, digits, '.', '_', '-'")
+        return v
+
+
+V = TypeVar("V", bound=ModelVersion)
+
+
+class ManifestBase(Strict, Generic[V]):
+    """What every manifest says, imaging or LLM: the name, the versions and which is served,
+    the deployment knobs, and the intended-use statement every reply carries."""
+
+    name: str = Field(description="Model name: in every URL, and the OpenAI `model` of chats.")
+    description: str = Field("", description="One line for `medserve models` and metadata.")
+    versions: list[V] = Field(min_length=1, description="Versions in the repository.")
+    default_version: str | None = Field(
+        None, description="Version served when a request pins none (default: the last listed)."
+    )
+    scaling: Scaling = Field(default_factory=Scaling)
+    admission: Admission = Field(default_factory=Admission)
+    resources: Resources = Field(default_factory=Resources)
+    intended_use: str = Field(min_length=20, description="Intended-use statement on every reply.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("name must be lowercase letters, digits and '-', max 63 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _versions(self) -> ManifestBase[V]:
+        labels = [v.version for v in self.versions]
+        if len(set(labels)) != len(labels):
+            raise ValueError("version labels must be unique")
+        if self.default_version is not None and self.default_version not in labels:
+            raise ValueError(f"default_version {self.default_version!r} is not in versions")
+        return self
+
+    @property
+    def served_version(self) -> str:
+        return self.default_version or self.versions[-1].version
+
+    def version(self, label: str) -> V:
+        for v in self.versions:
+            if v.version == label:
+                return v
+        raise KeyError(label)

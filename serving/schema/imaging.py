@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from serving.protocol.datatypes import OIP_DATATYPES
-from serving.schema.base import NAME, VERSION, Admission, Resources, Scaling, Strict, Weights
+from serving.schema.base import ManifestBase, ModelVersion, Strict
 
 
 class TensorSpec(Strict):
@@ -63,18 +63,6 @@ class CTPreprocessing(Strict):
 Preprocessing = Annotated[RadiographPreprocessing | CTPreprocessing, Field(discriminator="kind")]
 
 
-class ModelVersion(Strict):
-    version: str = Field(description="Version label, also the folder name under the model.")
-    weights: Weights = Field(description="Weights of this version.")
-
-    @field_validator("version")
-    @classmethod
-    def _label(cls, v: str) -> str:
-        if not VERSION.match(v):
-            raise ValueError("version must be 1-32 characters of letters, digits, '.', '_', '-'")
-        return v
-
-
 class Batching(Strict):
     max_batch_size: int = Field(8, ge=1, description="Largest batch `@serve.batch` forms.")
     batch_wait_timeout_ms: float = Field(
@@ -120,13 +108,11 @@ class TritonSettings(Strict):
         return self
 
 
-class ModelManifest(Strict):
+class ModelManifest(ManifestBase[ModelVersion]):
     kind: Literal["imaging"] = Field(
         "imaging", description="Manifest schema; LLM manifests say `kind: llm`."
     )
-    name: str = Field(description="Model name used in every URL.")
     task: Literal["classification", "detection"] = Field(description="What the model outputs.")
-    description: str = Field("", description="One line for `medserve models` and metadata.")
     modalities: list[str] = Field(description="DICOM Modality values accepted, e.g. [CR, DX].")
     content_types: list[
         Literal["application/dicom", "image/png", "multipart/form-data", "application/zip"]
@@ -140,26 +126,13 @@ class ModelManifest(Strict):
     triton: TritonSettings = Field(
         default_factory=TritonSettings, description="Triton settings (backend: triton)."
     )
-    versions: list[ModelVersion] = Field(min_length=1, description="Versions in the repository.")
-    default_version: str | None = Field(None, description="Version served when none is pinned.")
     traffic: dict[str, int] | None = Field(
         None,
         description="Canary split of unpinned requests: version label -> weight (relative, "
         "e.g. percent); default: all to default_version. Changing it restarts no replica.",
     )
     batching: Batching = Field(default_factory=Batching)
-    scaling: Scaling = Field(default_factory=Scaling)
-    admission: Admission = Field(default_factory=Admission)
-    resources: Resources = Field(default_factory=Resources)
     slo: SLO
-    intended_use: str = Field(min_length=20, description="Intended-use statement on every reply.")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME.match(v):
-            raise ValueError("name must be lowercase letters, digits and '-', max 63 characters")
-        return v
 
     @field_validator("modalities")
     @classmethod
@@ -182,10 +155,6 @@ class ModelManifest(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> ModelManifest:
         labels = [v.version for v in self.versions]
-        if len(set(labels)) != len(labels):
-            raise ValueError("version labels must be unique")
-        if self.default_version is not None and self.default_version not in labels:
-            raise ValueError(f"default_version {self.default_version!r} is not in versions")
         unknown = sorted(set(self.traffic or {}) - set(labels))
         if unknown:
             raise ValueError(f"traffic names versions not in versions: {', '.join(unknown)}")
@@ -200,17 +169,7 @@ class ModelManifest(Strict):
         return self
 
     @property
-    def served_version(self) -> str:
-        return self.default_version or self.versions[-1].version
-
-    @property
     def traffic_split(self) -> dict[str, int]:
         """Weights of unpinned requests by version, zero weights left out."""
         split = self.traffic or {self.served_version: 100}
         return {label: w for label, w in split.items() if w > 0}
-
-    def version(self, label: str) -> ModelVersion:
-        for v in self.versions:
-            if v.version == label:
-                return v
-        raise KeyError(label)

@@ -10,16 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from serving.schema.base import (
-    NAME,
-    SHA256,
-    VERSION,
-    Admission,
-    Resources,
-    Scaling,
-    Strict,
-    Weights,
-)
+from serving.schema.base import NAME, SHA256, ManifestBase, ModelVersion, Strict, Weights
 
 
 class LlamaArchitecture(Strict):
@@ -54,19 +45,10 @@ class TokenizerSpec(Strict):
     )
 
 
-class LLMVersion(Strict):
-    version: str = Field(description="Version label, also the folder name under the model.")
-    weights: Weights = Field(description="Base checkpoint weights (safetensors).")
+class LLMVersion(ModelVersion):
     tokenizer_sha256: str | None = Field(
         None, description="Expected SHA-256 of tokenizer.json, when the build is reproducible."
     )
-
-    @field_validator("version")
-    @classmethod
-    def _label(cls, v: str) -> str:
-        if not VERSION.match(v):
-            raise ValueError("version must be 1-32 characters of letters, digits, '.', '_', '-'")
-        return v
 
     @field_validator("tokenizer_sha256")
     @classmethod
@@ -142,39 +124,19 @@ class LLMSLO(Strict):
     )
 
 
-class LLMManifest(Strict):
+class LLMManifest(ManifestBase[LLMVersion]):
     kind: Literal["llm"] = Field(description="Selects this schema in the repository loader.")
-    name: str = Field(description="Model name: the OpenAI `model` field of requests.")
-    description: str = Field("", description="One line for `medserve models` and /v1/models.")
     architecture: LlamaArchitecture
     tokenizer: TokenizerSpec
-    versions: list[LLMVersion] = Field(min_length=1, description="Versions in the repository.")
-    default_version: str | None = Field(None, description="Version served.")
     adapters: list[Adapter] = Field(default_factory=list, description="Specialist LoRA adapters.")
     engine: EngineSpec = Field(default_factory=EngineSpec)
-    scaling: Scaling = Field(default_factory=Scaling)
-    admission: Admission = Field(default_factory=Admission)
-    resources: Resources = Field(default_factory=Resources)
     slo: LLMSLO
     system_prompt: str = Field(
         min_length=20, description="Decision-support system prompt prepended to every chat."
     )
-    intended_use: str = Field(min_length=20, description="Intended-use statement on every reply.")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME.match(v):
-            raise ValueError("name must be lowercase letters, digits and '-', max 63 characters")
-        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> LLMManifest:
-        labels = [v.version for v in self.versions]
-        if len(set(labels)) != len(labels):
-            raise ValueError("version labels must be unique")
-        if self.default_version is not None and self.default_version not in labels:
-            raise ValueError(f"default_version {self.default_version!r} is not in versions")
         names = [a.name for a in self.adapters]
         if len(set(names)) != len(names):
             raise ValueError("adapter names must be unique")
@@ -189,16 +151,6 @@ class LLMManifest(Strict):
         if s.min_replicas != s.max_replicas and "target_ongoing_requests" not in s.model_fields_set:
             raise ValueError("an autoscaled LLM must set scaling.target_ongoing_requests")
         return self
-
-    @property
-    def served_version(self) -> str:
-        return self.default_version or self.versions[-1].version
-
-    def version(self, label: str) -> LLMVersion:
-        for v in self.versions:
-            if v.version == label:
-                return v
-        raise KeyError(label)
 
     def adapter(self, name: str) -> Adapter:
         for a in self.adapters:

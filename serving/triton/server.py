@@ -48,7 +48,8 @@ class Distribution:
 def locate() -> Distribution:
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError("the triton backend needs the nvidia-pytriton package (Linux x86-64)")
+        raise ModelLoadError("the embedded Triton needs the nvidia-pytriton package (Linux "
+                             "x86-64): pip install 'medserve[triton]', or pass --triton-url")
     root = Path(next(iter(spec.submodule_search_locations)))
     dist = root / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"

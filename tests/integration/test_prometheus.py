@@ -29,6 +29,8 @@ from serving.testing.samples import make_ct_series, make_radiograph, zip_series
 from tests.conftest import MODEL_REPO, Server
 from tests.prom import binary, ensure, eventually
 
+pytestmark = pytest.mark.promtool  # a real Prometheus server from the same Debian package
+
 URGENT = {"X-Priority": "urgent"}
 CXR, CT = "cxr-triage", "lung-nodule-ct"
 PREDICT = "/v1/imaging/{model}/versions/{version}/predict"

@@ -173,6 +173,7 @@ def test_rules_follow_each_manifests_slo() -> None:
         assert slos == {"availability", "ttft", "itl"}
 
 
+@pytest.mark.promtool
 def test_generated_rules_pass_promtool_check(tmp_path: Path) -> None:
     promtool = binary("promtool")
     path = tmp_path / "rules.yaml"
@@ -182,6 +183,7 @@ def test_generated_rules_pass_promtool_check(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.promtool
 def test_promtool_unit_tests_prove_alerts_fire_and_stay_silent() -> None:
     promtool = binary("promtool")
     tests = sorted(str(p) for p in (ROOT / "tests" / "prometheus").glob("*.yaml"))

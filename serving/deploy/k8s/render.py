@@ -10,13 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from serving.deploy.k8s import observability, pods
 from serving.deploy.k8s.rayservice import rayservice
 from serving.repository.store import load_cluster_config, load_repository
 from serving.schema.cluster import ClusterConfig
 from serving.schema.kubernetes import Overlay
+from serving.yaml_out import dump_all
 
 GENERATED = "generated"
 HEADER = (
@@ -24,22 +23,9 @@ HEADER = (
 )
 
 
-class _Dumper(yaml.SafeDumper):
-    def ignore_aliases(self, data: Any) -> bool:
-        return True  # kubectl reads anchors, but reviewers and other tools should not have to
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-    # Multi-line strings (serveConfigV2, dashboards) as literal blocks: reviewable diffs.
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _str)
-
 
 def dump(*docs: dict[str, Any]) -> str:
-    return HEADER + yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, width=100)
+    return HEADER + dump_all(docs)
 
 
 def ingress(cluster: ClusterConfig, overlay: Overlay) -> dict[str, Any]:
