@@ -13,7 +13,7 @@ predicted by the planner's queueing model, then measured with the open-loop load
 
 Run it on a quiet machine: the prediction and the measurements are minutes apart, and a
 neighbour's CPU load in between moves one but not the other. `--target stub` runs the same
-procedure against loadtests/stub.py (one FIFO server, fixed service time, no CPU work): a
+procedure against loadtests/run/stub.py (one FIFO server, fixed service time, no CPU work): a
 control that checks the method (profile, fit, M/D/1 as it does not batch, open-loop
 measurement) apart from noise.
 
@@ -33,14 +33,13 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from loadtests.capacity import fit
-from loadtests.gate import run_gate
-from loadtests.local import one_replica_server
-from loadtests.profiler import ModelProfile, profile_http
-from loadtests.profiles import Payloads, all_manifests
-from loadtests.queueing import Arrivals
-from loadtests.stub import running_stub
-from loadtests.workloads import kind_of
+from loadtests.capacity.planner import fit
+from loadtests.capacity.profiler import ModelProfile, profile_http
+from loadtests.capacity.queueing import Arrivals
+from loadtests.run.gate import run_gate
+from loadtests.run.local import one_replica_server
+from loadtests.run.stub import running_stub
+from loadtests.traffic.profiles import Payloads, all_manifests, kind_of
 from serving.repository.store import load_repository
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -30,6 +30,7 @@ import tritonclient.http.aio as aioclient
 from rich.console import Console
 from rich.table import Table
 
+from loadtests.report.stats import percentile
 from serving.backends.torch_backend import TorchBackend
 from serving.repository.store import load_repository
 from serving.testing.process import running_server
@@ -37,11 +38,6 @@ from serving.testing.process import running_server
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "cxr-triage"
 console = Console()
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def raw(seconds: float) -> dict[str, float]:

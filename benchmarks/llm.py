@@ -33,6 +33,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from loadtests.report.stats import percentile  # noqa: E402
 from serving.llm.chat import ChatService  # noqa: E402
 from serving.llm.transformers_engine import load_causal_lm  # noqa: E402
 from serving.repository.store import load_repository  # noqa: E402
@@ -49,13 +50,6 @@ QUESTIONS = [
     "Should a gastric antral ulcer with raised margins go to the tumour board?",
     "A 71-year-old former smoker has mediastinal lymphadenopathy. What is the differential?",
 ]
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 Work = list[tuple[list[dict[str, str]], int]]  # (messages, max_tokens) per request
@@ -143,9 +137,9 @@ async def load(url: str, work: Work, streams: int) -> dict[str, float]:
     gaps = [g for r in results for g in r[1]]
     return {
         "tokens_per_s": sum(r[2] for r in results) / wall,
-        "ttft_p50": percentile(steady, 0.5), "ttft_p99": percentile(steady, 0.99),
+        "ttft_p50": percentile(steady, 50), "ttft_p99": percentile(steady, 99),
         "ttft_cold_max": max(rs[0][0] for rs in per_user),
-        "itl_p50": percentile(gaps, 0.5), "itl_p99": percentile(gaps, 0.99),
+        "itl_p50": percentile(gaps, 50), "itl_p99": percentile(gaps, 99),
         "requests": len(results), "failed": failed,
     }
 

@@ -20,8 +20,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from loadtests.local import edited_repository
-from loadtests.overload import run_overload
+from loadtests.run.local import edited_repository
+from loadtests.run.overload import run_overload
 from serving.repository.store import load_repository
 from serving.testing.process import running_server
 

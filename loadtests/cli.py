@@ -1,11 +1,16 @@
-"""`medserve loadtest` and `medserve capacity`: registered on the medserve app by serving.cli.
+"""`medserve loadtest` and `medserve capacity`: registered on the medserve app by serving.cli
+(entry-point group `medserve.commands`), and the same two commands as `medserve-loadtest`.
 
+They need the load-test extra (`pip install medserve[loadtest]`): `loadtest` runs Locust and
+both draw with matplotlib; without them a command stops (exit 2) with one line saying so.
 Heavy imports (Locust runs in a subprocess anyway, matplotlib, the profiler) stay inside the
-commands so that `medserve --help` and the serving processes pay nothing for them.
+commands, so this module imports without the extra and `medserve --help` and the serving
+processes pay nothing for them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -13,6 +18,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from serving.cli.support import RepoOpt, fail
 from serving.errors import ModelLoadError
@@ -20,10 +26,18 @@ from serving.repository.store import DEFAULT_REPO
 
 # Wide when piped (CI logs, files): the capacity and SLO tables must not wrap.
 console = Console(width=None if sys.stdout.isatty() else 160)
+EXTRA = "medserve[loadtest]"  # the optional extra that holds Locust and matplotlib
 
 
 def _fail(message: str) -> typer.Exit:
     return fail(message, code=2)  # 1 is the gate's verdict: the SLO was missed
+
+
+def _require(*modules: str) -> None:
+    """Stop (exit 2) unless `modules` of the load-test extra are importable; imports nothing."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise _fail(escape(f"{' and '.join(missing)} not installed: pip install '{EXTRA}'"))
 
 
 def loadtest(
@@ -39,7 +53,8 @@ def loadtest(
 ) -> None:
     """Run a load profile open-loop (headless Locust); exit 1 when any model misses its SLO
     objective or its error budget, 2 when the run itself failed."""
-    from loadtests.gate import parse_duration, run_gate
+    _require("locust", "matplotlib")  # the Locust subprocess, the plot
+    from loadtests.run.gate import parse_duration, run_gate
 
     try:
         seconds = parse_duration(duration) if duration else None
@@ -72,12 +87,14 @@ def capacity(
 ) -> None:
     """Profile each model on this machine, then size replicas, GPUs and cost for the
     rollout's peak and write the recommended autoscaling bounds as a config overlay."""
+    _require("matplotlib")  # the plot (the profiler is plain httpx)
     import platform
 
-    from loadtests import capacity_report, profiler
-    from loadtests.capacity import make_plan
-    from loadtests.profiles import all_manifests
-    from loadtests.traffic import load_rollout
+    from loadtests.capacity import profiler
+    from loadtests.capacity import report as capacity_report
+    from loadtests.capacity.planner import make_plan
+    from loadtests.traffic.profiles import all_manifests
+    from loadtests.traffic.rollout import load_rollout
     from serving.repository.store import load_repository
 
     try:
@@ -108,3 +125,12 @@ def capacity(
     saved = "" if profile_in else "profile.json, "
     console.print(f"wrote {saved}capacity.png, scaling-overlay.yaml to {out}")
 
+
+# `medserve-loadtest`: the same commands without the rest of `medserve`.
+app = typer.Typer(
+    help="Medserve load tests and capacity planning (the loadtest extra of medserve).",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.command("loadtest")(loadtest)
+app.command("capacity")(capacity)

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +20,7 @@ from serving.deployments.llm import LLMModel
 from serving.errors import ModelLoadError
 from serving.gateway.targets import handle_key
 from serving.gateway.traffic import revision, routing
+from serving.polling import poll_until
 from serving.repository.store import Repository, load_cluster_config, load_repository
 from serving.schema.cluster import ClusterConfig
 from serving.schema.imaging import ModelManifest
@@ -56,8 +56,8 @@ class AppArgs(BaseModel):
     )
     revision: str | None = Field(
         None,
-        description="Digest of the repository and config (serving.traffic.revision): Serve's "
-        "code version, so a change rebuilds the app while a traffic change does not.",
+        description="Digest of the repository and config (serving.gateway.traffic.revision): "
+        "Serve's code version, so a change rebuilds the app while a traffic change does not.",
     )
 
 
@@ -206,18 +206,20 @@ def run(args: AppArgs, config: ClusterConfig, timeout_s: float = 900.0) -> None:
     assert client is not None, "serve.start() first"
     client.deploy_apps(ServeDeploySchema.model_validate({"applications": [application]}))
     expected = next(d for d in application["deployments"] if d["name"] == GATEWAY)["user_config"]
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def deployed() -> bool:
         app = serve.status().applications.get(config.app_name)
         if app is not None and app.status == ApplicationStatus.DEPLOY_FAILED:
             raise RuntimeError(f"deploying {config.app_name} failed: {app.message}")
-        if app is not None and app.status == ApplicationStatus.RUNNING:
-            handle = serve.get_app_handle(config.app_name).options(method_name="routing")
-            if handle.remote().result(timeout_s=30) == expected:
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{config.app_name} not running within {timeout_s:g} s")
-        time.sleep(0.5)  # polling interval of Serve's status
+        if app is None or app.status != ApplicationStatus.RUNNING:
+            return False
+        handle = serve.get_app_handle(config.app_name).options(method_name="routing")
+        return bool(handle.remote().result(timeout_s=30) == expected)
+
+    try:
+        poll_until(deployed, timeout_s, every_s=0.5)  # Serve's status has no push
+    except TimeoutError:
+        raise RuntimeError(f"{config.app_name} not running within {timeout_s:g} s") from None
 
 
 def redeploy(args: AppArgs) -> str:

@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from monai.inferers import SlidingWindowInferer
+from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_delay, wait_fixed
 from tritonclient.utils import InferenceServerException
 
 from serving.backends.base import check_outputs
@@ -45,6 +46,20 @@ CHANNEL_ARGS = [
 RECONNECT_S = 1.5
 RECONNECT_POLL_S = 0.1
 UNAVAILABLE = "StatusCode.UNAVAILABLE"
+
+
+def _reconnecting(exc: BaseException) -> bool:
+    return isinstance(exc, InferenceServerException) and exc.status() == UNAVAILABLE
+
+
+R = TypeVar("R", Retrying, AsyncRetrying)
+
+
+def _reconnect(retrying: type[R]) -> R:
+    """Retry only a channel that is reconnecting; anything else, or the time running out,
+    raises the last InferenceServerException for `_error` to map."""
+    return retrying(retry=retry_if_exception(_reconnecting), stop=stop_after_delay(RECONNECT_S),
+                    wait=wait_fixed(RECONNECT_POLL_S), reraise=True)
 RETRYABLE = {
     "StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.RESOURCE_EXHAUSTED",
     "StatusCode.CANCELLED", "StatusCode.NOT_FOUND", "StatusCode.ABORTED",
@@ -105,17 +120,14 @@ class TritonBackend:
     async def _infer(self, client: aioclient.InferenceServerClient, x: np.ndarray) -> np.ndarray:
         inp = aioclient.InferInput(self.io.input_name, list(x.shape), self.io.datatype)
         inp.set_data_from_numpy(np.ascontiguousarray(x))
-        reconnect_by = time.monotonic() + RECONNECT_S
-        while True:
-            try:
-                result = await client.infer(
-                    self.model, [inp], model_version=self.version, client_timeout=self.timeout_s
-                )
-                return result.as_numpy(self.io.output_name)
-            except InferenceServerException as exc:
-                if exc.status() != UNAVAILABLE or time.monotonic() > reconnect_by:
-                    raise self._error(exc) from None
-            await asyncio.sleep(RECONNECT_POLL_S)
+        try:
+            async for attempt in _reconnect(AsyncRetrying):
+                with attempt:
+                    result = await client.infer(self.model, [inp], model_version=self.version,
+                                                client_timeout=self.timeout_s)
+        except InferenceServerException as exc:
+            raise self._error(exc) from None
+        return result.as_numpy(self.io.output_name)
 
     @torch.inference_mode()
     def _volumes(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -132,17 +144,14 @@ class TritonBackend:
         arr = x.numpy()
         inp = grpcclient.InferInput(self.io.input_name, list(arr.shape), self.io.datatype)
         inp.set_data_from_numpy(np.ascontiguousarray(arr))
-        reconnect_by = time.monotonic() + RECONNECT_S
-        while True:
-            try:
-                result = self.client.infer(
-                    self.model, [inp], model_version=self.version, client_timeout=self.timeout_s
-                )
-                return torch.from_numpy(result.as_numpy(self.io.output_name))
-            except InferenceServerException as exc:
-                if exc.status() != UNAVAILABLE or time.monotonic() > reconnect_by:
-                    raise self._error(exc) from None
-            time.sleep(RECONNECT_POLL_S)  # a worker thread's wait, not the event loop's
+        try:  # a worker thread: tenacity's blocking sleep does not hold the event loop
+            result = _reconnect(Retrying)(
+                self.client.infer, self.model, [inp], model_version=self.version,
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as exc:
+            raise self._error(exc) from None
+        return torch.from_numpy(result.as_numpy(self.io.output_name))
 
     def _error(self, exc: InferenceServerException) -> MedserveError:
         # Triton's text stays in the replica log (it names tensors and shapes, no pixel data);

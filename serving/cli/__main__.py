@@ -1,3 +1,3 @@
-from serving.cli import app
+from serving.cli.main import app
 
 app()

@@ -1,4 +1,4 @@
-"""`medserve tenants add|list`: manage the tenants file (serving/tenants.py)."""
+"""`medserve tenants add|list`: manage the tenants file (serving/gateway/tenants.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Deployment targets generated from the repository and the cluster config (KubeRay today)."""

@@ -1,1 +1,2 @@
-"""Ray Serve deployments: the gateway (FastAPI ingress) and one imaging deployment per model."""
+"""Thin Ray Serve deployments that delegate: the gateway (ingress), one per imaging model,
+one per LLM."""

@@ -47,7 +47,7 @@ class AdapterSlot:
 
 
 def _metrics(manifest: Any, version: str) -> Any:
-    """The LLM metrics of serving/metrics.py, or None outside a Serve replica."""
+    """The LLM metrics of serving/observability/metrics.py, or None outside a Serve replica."""
     try:
         from serving.observability.metrics import LLMMetrics
     except ImportError:  # pragma: no cover - metrics module absent

@@ -1,0 +1,2 @@
+"""The web layer (FastAPI only): app factory, one router per protocol, body limits, auth, the
+one error map."""

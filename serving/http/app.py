@@ -1,4 +1,4 @@
-"""HTTP layer: routes parse and delegate; errors are mapped in `serving.api.errors`."""
+"""HTTP layer: routes parse and delegate; errors are mapped in `serving.http.error_map`."""
 
 from __future__ import annotations
 

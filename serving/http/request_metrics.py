@@ -3,7 +3,7 @@
 It sits outside every route and handler, so it times the whole exchange (to the last byte of
 a streamed body) and sees the final status, including the 500 that Starlette writes for an
 unhandled exception. Label values come from the repository and the route templates only; the
-error mapping (`serving.api.errors`) tells it the error type and why a request was shed.
+error mapping (`serving.http.error_map`) tells it the error type and why a request was shed.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Metric names and recorders, SLO recording rules and alerts, the Grafana dashboard."""

@@ -202,7 +202,7 @@ class GatewayMetrics:
 
 
 class AdmissionMetrics:
-    """The gateway's admission queues (serving/admission.py): how long admitted requests
+    """The gateway's admission queues (serving/gateway/admission.py): how long admitted requests
     waited for a slot, by priority, and per model the calls in flight and the requests
     waiting, read from `stats` on a heartbeat. Shed requests are in `REQUESTS_SHED`."""
 

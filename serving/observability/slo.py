@@ -4,8 +4,9 @@ Each model's manifest states its SLOs; this module turns them into, per model:
 
 * SLIs over 5m, 30m, 1h, 2h, 6h, 1d and 3d (`medserve:sli:ratio_rate<w>`, label `slo`):
   latency, the fraction of successful inference requests under the manifest threshold (a
-  bucket ratio: the threshold is an exact bucket edge, see `serving.metrics`); availability,
-  the fraction of inference requests not answered 5xx; for LLMs, TTFT and inter-token latency.
+  bucket ratio: the threshold is an exact bucket edge, see `serving.observability.metrics`);
+  availability, the fraction of inference requests not answered 5xx; for LLMs, TTFT and
+  inter-token latency.
 * the objective (`medserve:slo_objective:ratio`) and the error budget left over 3 days;
 * multi-window, multi-burn-rate alerts from the Google SRE workbook (ch. 5): page at 14.4x
   over 1h and 5m or 6x over 6h and 30m, ticket at 3x over 1d and 2h or 1x over 3d and 6h.

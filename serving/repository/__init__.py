@@ -1,0 +1,2 @@
+"""The model repository on disk: manifests, checksums, weights and networks, demo builds,
+canary edits."""

@@ -5,8 +5,8 @@ tokenizer.json + tokenizer_config.json, chat_template.jinja) and one PEFT folder
 (adapter_config.json, adapter_model.safetensors), so serving loads them with the ordinary
 `from_pretrained` / `PeftModel` code a platform engineer's trained checkpoint would go through.
 
-Weights come from numpy's PCG64 (bit-identical everywhere, like serving/networks.py) and are
-written with sorted keys and fixed metadata, so their sha256 in the manifest holds. The
+Weights come from numpy's PCG64 (bit-identical everywhere, like serving/repository/networks.py)
+and are written with sorted keys and fixed metadata, so their sha256 in the manifest holds. The
 tokenizer is trained with `tokenizers`' BPE trainer on the shipped corpus.
 """
 

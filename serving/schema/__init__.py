@@ -1,0 +1,1 @@
+"""Typed config: model manifests (imaging, LLM) on one shared base, and the cluster config."""

@@ -38,7 +38,8 @@ class GatewayConfig(Strict):
 
 
 class AuthConfig(Strict):
-    """Tenant authentication (serving/tenants.py): API keys, model allow-lists, rate limits."""
+    """Tenant authentication (serving/gateway/tenants.py): API keys, model allow-lists and
+    rate limits."""
 
     tenants_file: str | None = Field(
         None,
@@ -51,7 +52,7 @@ class AuthConfig(Strict):
 
 
 class AuditConfig(Strict):
-    """Audit trail: one JSON line per request, never request content (serving/audit.py)."""
+    """Audit trail: one JSON line per request, never request content (serving/gateway/audit.py)."""
 
     enabled: bool = Field(True, description="Write the audit log.")
     path: str | None = Field(

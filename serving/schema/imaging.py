@@ -31,7 +31,7 @@ class TensorSpec(Strict):
 
 class Architecture(Strict):
     name: Literal["densenet121", "nodule-centernet"] = Field(
-        description="Network family the weights belong to (see serving/networks.py)."
+        description="Network family the weights belong to (see serving/repository/networks.py)."
     )
     params: dict[str, int | float | list[int]] = Field(
         default_factory=dict, description="Constructor arguments of the network."

@@ -1,8 +1,7 @@
 """The `kubernetes:` section of the cluster config: what the KubeRay generator needs to know
 about the cluster that no model manifest says (node pools, pod sizes, where weights live).
 
-Kept free of imports from `serving.config` (which imports this module) so neither import
-order nor Ray is involved in reading a config file.
+Like every schema module it imports no Ray: reading a config file starts nothing.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from serving.net import free_port
+from serving.polling import poll_until
 
 READY_PATH = "/v2/health/ready"
 
@@ -45,16 +45,18 @@ class ServerProcess:
         return f"127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout_s: float = 420.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
+        def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"medserve exited with {self.proc.returncode}; see {self.log}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + READY_PATH, timeout=5).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"medserve not ready within {timeout_s:g} s; see {self.log}")
-            time.sleep(0.5)  # readiness polling interval
+                return httpx.get(self.url + READY_PATH, timeout=5).status_code == 200
+            return False
+
+        try:
+            poll_until(ready, timeout_s, every_s=0.5)
+        except TimeoutError:
+            raise RuntimeError(f"medserve not ready within {timeout_s:g} s; see {self.log}") \
+                from None
 
     def stop(self, grace_s: float = 90.0) -> None:
         if self.proc.poll() is None:

@@ -2,9 +2,10 @@
 
 Per model: `config.pbtxt`, and per version either the weights plus a Python-backend `model.py`
 (CPU-only Triton; the stub runs the same network, loaded and checksum-verified through
-`serving.networks`) or `model.onnx` (GPU Triton, onnxruntime platform), checked against the
-torch output before it is written. The output is self-contained, so it can be copied into a
-Triton sidecar's volume as it is.
+`serving.repository.networks`) or `model.onnx` (GPU Triton, onnxruntime platform), checked
+against the torch output before it is written. The output is self-contained, so it can be
+copied into a Triton
+sidecar's volume as it is.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The model that Triton's Python backend runs (imported by the generated `model.py`).
 
 It builds the same network as the torch backend from the manifest carried in config.pbtxt,
-verifies the weights' sha256 and loads them through `serving.networks`, then serves Triton's
-dynamic batches: each `execute` call gets every request the batcher grouped, runs them as one
-forward pass and answers each with its own rows.
+verifies the weights' sha256 and loads them through `serving.repository.networks`, then serves
+Triton's dynamic batches: each `execute` call gets every request the batcher grouped, runs them
+as one forward pass and answers each with its own rows.
 """
 
 from __future__ import annotations

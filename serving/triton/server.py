@@ -20,7 +20,6 @@ import sys
 import sysconfig
 import tempfile
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import httpx
 
 from serving.errors import ModelLoadError
 from serving.net import free_port
+from serving.polling import poll_until
 
 HOST = "127.0.0.1"
 # Python-backend tensors travel through shared memory; one region per server, grown as needed.
@@ -143,19 +143,22 @@ class TritonServer:
     def wait_ready(
         self, timeout_s: float = 300.0, cancel: threading.Event | None = None
     ) -> None:
-        deadline = time.monotonic() + timeout_s
         url = f"http://{self.http_url}/v2/health/ready"
-        while cancel is None or not cancel.is_set():
+
+        def ready() -> bool:
             if self.proc is None or self.proc.poll() is not None:
                 code = self.proc.returncode if self.proc else None
                 raise ModelLoadError(f"tritonserver exited with {code} before it was ready")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise ModelLoadError(f"tritonserver not ready within {timeout_s:g} s")
-            time.sleep(0.25)  # readiness polling interval
-        raise ModelLoadError("tritonserver start cancelled")
+                return httpx.get(url, timeout=2).status_code == 200
+            return False
+
+        try:
+            poll_until(ready, timeout_s, every_s=0.25, cancel=cancel)
+        except TimeoutError:
+            if cancel is not None and cancel.is_set():
+                raise ModelLoadError("tritonserver start cancelled") from None
+            raise ModelLoadError(f"tritonserver not ready within {timeout_s:g} s") from None
 
     def stop(self, grace_s: float = 15.0) -> None:
         stubs: list[int] = []

@@ -1,6 +1,6 @@
 """Helpers for the overload and fault tests: a config file, binary OIP bodies, the server's
 replica processes, and its model metrics. (A trimmed repository with edited manifests is
-`loadtests.local.edited_repository`.)"""
+`loadtests.run.local.edited_repository`.)"""
 
 from __future__ import annotations
 

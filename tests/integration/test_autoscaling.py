@@ -18,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests.local import edited_repository
+from loadtests.run.local import edited_repository
 from serving.observability.metrics import EXPORTED_PREFIX, REPLICA_READY
 from serving.testing.process import ServerProcess, running_server
 from serving.testing.samples import make_png

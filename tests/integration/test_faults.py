@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from loadtests.local import edited_repository
-from loadtests.overload import Outcome, send
+from loadtests.run.local import edited_repository
+from loadtests.run.overload import Outcome, send
 from serving.app import deployment_name
 from serving.testing.process import ServerProcess, running_server
 from serving.testing.samples import make_png

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from loadtests.profiles import PROFILES
-from loadtests.stub import running_stub
+from loadtests.run.stub import running_stub
+from loadtests.traffic.profiles import PROFILES
 from tests.conftest import MODEL_REPO, ROOT, Server
 
 PNG = b"\x89PNG\r\n\x1a\n"

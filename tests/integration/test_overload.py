@@ -13,8 +13,8 @@ import httpx
 import numpy as np
 import pytest
 
-from loadtests.local import edited_repository
-from loadtests.overload import Outcome, run_overload, send
+from loadtests.run.local import edited_repository
+from loadtests.run.overload import Outcome, run_overload, send
 from serving.observability.metrics import QUEUE_WAIT
 from serving.repository.store import load_repository
 from serving.testing.process import ServerProcess, running_server

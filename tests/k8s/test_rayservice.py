@@ -18,7 +18,7 @@ from ray.serve.schema import ServeDeploySchema
 from typer.testing import CliRunner
 
 from serving.app import AppArgs, deployment_name
-from serving.cli import app as cli
+from serving.cli.main import app as cli
 from serving.deploy.k8s import pods
 from serving.deploy.k8s.groups import MAX_SURGE_PERCENT
 from serving.repository.store import load_cluster_config, load_repository

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from typer.testing import CliRunner
 
-from serving.cli import app
+from serving.cli.main import app
 from serving.deploy.k8s.render import GENERATED, drift, render
 from serving.repository.store import load_cluster_config
 from tests.conftest import MODEL_REPO, ROOT

@@ -10,7 +10,7 @@ from ray.serve.schema import ServeDeploySchema
 from typer.testing import CliRunner
 
 from serving.app import GATEWAY, deployment_name, deployment_options, serve_config
-from serving.cli import app
+from serving.cli.main import app
 from serving.repository.store import load_repository
 from tests.conftest import MODEL_REPO, ROOT
 

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from loadtests import capacity_report
-from loadtests.capacity import HOURS_PER_MONTH, fit, make_plan
-from loadtests.profiler import Level, ModelProfile, load, save
-from loadtests.queueing import Arrivals
-from loadtests.traffic import load_rollout
+from loadtests.capacity import report as capacity_report
+from loadtests.capacity.planner import HOURS_PER_MONTH, fit, make_plan
+from loadtests.capacity.profiler import Level, ModelProfile, load, save
+from loadtests.capacity.queueing import Arrivals
+from loadtests.traffic.rollout import load_rollout
 from serving.repository.store import load_manifest
 from serving.schema.base import Scaling
 

@@ -11,7 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from serving.app import deployment_name, deployment_options, serve_config
-from serving.cli import app
+from serving.cli.main import app
 from serving.errors import ModelLoadError
 from serving.llm.engine import select_engine
 from serving.llm.vllm_engine import engine_args

@@ -12,17 +12,24 @@ import pydicom
 import pytest
 from pydantic import ValidationError
 
-from loadtests.profiles import PROFILES, Payloads, Profile, Tenant, build_plan, load_profile
-from loadtests.workloads import (
+from loadtests.generator.workloads import (
     API_KEY_ENV,
     Mix,
     auth_headers,
     chat_body,
     imaging_bodies,
-    kind_of,
     path_of,
     sse_data,
     token_times,
+)
+from loadtests.traffic.profiles import (
+    PROFILES,
+    Payloads,
+    Profile,
+    Tenant,
+    build_plan,
+    kind_of,
+    load_profile,
 )
 from serving.repository.store import load_manifest
 

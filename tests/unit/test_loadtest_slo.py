@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from loadtests.openloop import NOT_SENT, Record
-from loadtests.slo import evaluate, percentile, slo_of
+from loadtests.generator.openloop import NOT_SENT, Record
+from loadtests.report.slo import evaluate, slo_of
+from loadtests.report.stats import percentile
 from serving.repository.store import load_manifest
 
 REPO = Path(__file__).resolve().parents[2] / "model_repo"

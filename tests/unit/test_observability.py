@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from serving.cli import app as cli
+from serving.cli.main import app as cli
 from serving.errors import QueueTimeout, Unavailable
 from serving.http.error_map import install_error_handlers
 from serving.http.request_metrics import RequestMetrics

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from serving.http.routes.openai import ChatCompletionRequest
+from serving.protocol.openai import ChatCompletionRequest
 
 
 def parse(**kw: object) -> ChatCompletionRequest:

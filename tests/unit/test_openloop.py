@@ -8,9 +8,9 @@ import statistics
 
 import pytest
 
-from loadtests.openloop import NOT_SENT, InFlight, arrivals, completed, refused
-from loadtests.shapes import Step
-from loadtests.slo import percentile
+from loadtests.generator.openloop import NOT_SENT, InFlight, arrivals, completed, refused
+from loadtests.report.stats import percentile
+from loadtests.traffic.shapes import Step
 
 SIGMAS = 5  # bounds below are this many standard deviations: deterministic seeds, no flakes
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from loadtests.queueing import (
+from loadtests.capacity.queueing import (
     Arrivals,
     Station,
     erlang_c,

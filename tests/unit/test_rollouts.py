@@ -17,7 +17,7 @@ from ray.serve.schema import ServeDeploySchema
 from typer.testing import CliRunner
 
 from serving.app import GATEWAY, deployment_name, deployment_options, serve_config
-from serving.cli import app
+from serving.cli.main import app
 from serving.deployments.gateway import Gateway
 from serving.errors import ModelLoadError, ModelNotFound
 from serving.gateway.targets import handle_key

@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from serving.cli import app
+from serving.cli.main import app
 from serving.errors import ModelLoadError
 from serving.gateway import tenants as tenants_mod
 from serving.gateway.tenants import (

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from loadtests.profiles import ROLLOUTS
-from loadtests.shapes import DEFAULT_DIURNAL, Constant, DiurnalShape, ShapeSpec, Spike, Step
-from loadtests.traffic import Diurnal, Peak, Rollout, load_rollout
+from loadtests.traffic.profiles import ROLLOUTS
+from loadtests.traffic.rollout import Diurnal, Peak, Rollout, load_rollout
+from loadtests.traffic.shapes import DEFAULT_DIURNAL, Constant, DiurnalShape, ShapeSpec, Spike, Step
 
 STEPS = 2880  # integration grid: 30 s
 

@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 from typer.testing import CliRunner
 
 from serving.backends.triton_backend import TritonBackend
-from serving.cli import app
+from serving.cli.main import app
 from serving.errors import MedserveError, ModelLoadError, Unavailable
 from serving.net import free_port
 from serving.repository.checksums import sha256_file

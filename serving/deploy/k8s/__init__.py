@@ -1,5 +1,6 @@
 """Kubernetes (KubeRay) deployment generated from the repository and the cluster config.
 
-`settings` is imported by `serving.config`, so this package's `__init__` stays empty of
-imports: the generators (which import Ray through `serving.app`) load only when used.
+The `kubernetes:` config section it reads is serving/schema/kubernetes.py. This package's
+`__init__` stays empty of imports: the generators (which import Ray through `serving.app`)
+load only when used.
 """

@@ -1,7 +1,8 @@
 """Prometheus Operator and Grafana objects wrapping the generated observability config.
 
-The rules and the dashboard are built by `serving.slo` and `serving.dashboard` (the same
-generators `medserve build-observability` uses); this module only puts them into a
+The rules and the dashboard are built by `serving.observability.slo` and
+`serving.observability.dashboard` (the same generators `medserve build-observability` uses);
+this module only puts them into a
 PrometheusRule and a dashboard ConfigMap, so the cluster alerts on exactly what was reviewed.
 """
 

@@ -6,19 +6,16 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
 
 from serving.errors import UnsupportedMediaType
 from serving.http.body import media_type, study_parts
 from serving.http.gateway_api import GatewayAPI
 from serving.http.request_context import request_priority
 from serving.imaging.pipeline import Payload
+from serving.protocol.imaging import PredictResponse
 
 router = APIRouter(tags=["Imaging"])
 
-DECISION_SUPPORT = (
-    "Decision support only: a clinician must review the images and makes the final decision."
-)
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 STUDY_BODY = {
     "requestBody": {
@@ -39,35 +36,6 @@ STUDY_BODY = {
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {} for code in (400, 404, 413, 415, 422, 429, 503, 504)
 }
-
-
-class Finding(BaseModel):
-    label: str = Field(description="Finding label, from the model's manifest.")
-    probability: float | None = Field(None, description="Classifier probability in [0, 1].")
-    score: float | None = Field(None, description="Detection score in [0, 1].")
-    centre_mm: list[float] | None = Field(
-        None, description="Candidate centre in DICOM patient coordinates (LPS, mm)."
-    )
-    diameter_mm: float | None = Field(None, description="Estimated candidate diameter (mm).")
-
-
-class Timings(BaseModel):
-    queue: float = Field(description="Wait for a batch slot at the model replica (ms).")
-    preprocess: float = Field(description="Decode and preprocessing (ms).")
-    inference: float = Field(description="Model forward pass of the batch (ms).")
-    postprocess: float = Field(description="Turning outputs into findings (ms).")
-    total: float = Field(description="Time inside Medserve, gateway to reply (ms).")
-
-
-class PredictResponse(BaseModel):
-    model: str
-    version: str
-    request_id: str
-    task: str
-    findings: list[Finding]
-    timings_ms: Timings
-    intended_use: str
-    decision_support: str = DECISION_SUPPORT
 
 
 @router.post("/v1/imaging/{model}/predict", response_model=PredictResponse,

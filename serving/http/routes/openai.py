@@ -1,9 +1,9 @@
 """OpenAI-compatible routes: `POST /v1/chat/completions` (plain and SSE) and `GET /v1/models`.
 
 The official `openai` client works unchanged. Routes parse and delegate to the LLM deployment;
-errors get OpenAI's body shape from serving/api/errors.py. Every reply is marked as decision
-support: the `X-Decision-Support` header and a `decision_support` field (clients keep unknown
-fields: `completion.decision_support` in the `openai` client).
+errors get OpenAI's body shape from serving/http/error_map.py; the wire types are in
+serving/protocol/openai.py. Every reply is marked as decision support: the `X-Decision-Support`
+header and a `decision_support` field.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serving.errors import MedserveError
 from serving.gateway.targets import LLMTarget
@@ -24,124 +23,20 @@ from serving.http.gateway_api import GatewayAPI
 from serving.http.request_context import request_priority
 from serving.http.request_metrics import note_model
 from serving.protocol.headers import DECISION_SUPPORT as HEADER
+from serving.protocol.openai import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    DecisionSupport,
+    ModelCard,
+    ModelList,
+    Usage,
+)
 
 router = APIRouter(tags=["OpenAI-compatible chat"])
 
-DECISION_SUPPORT = (
-    "Decision support only: generated text may be wrong or incomplete; a clinician must review "
-    "it and makes the final decision."
-)
 ERRORS: dict[int | str, dict[str, Any]] = {c: {} for c in (400, 404, 503, 504)}
-CREATED = int(time.time())  # `created` of /v1/models entries: when this gateway started
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TextPart(Strict):
-    type: Literal["text"]
-    text: str
-
-
-class Message(Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = None
-
-    def plain(self) -> dict[str, str]:
-        text = self.content if isinstance(self.content, str) else "\n".join(
-            p.text for p in self.content
-        )
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
-
-
-class StreamOptions(Strict):
-    include_usage: bool = False
-
-
-class ChatCompletionRequest(Strict):
-    model: str = Field(description="`clinical-llm` or `clinical-llm:<adapter>`.")
-    messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1, description="Completion token cap.")
-    max_completion_tokens: int | None = Field(None, ge=1, description="Alias of max_tokens.")
-    temperature: float = Field(1.0, ge=0, le=2, description="0 is greedy decoding.")
-    top_p: float = Field(1.0, gt=0, le=1)
-    stop: str | list[str] | None = Field(None, description="Up to 4 stop strings.")
-    seed: int | None = Field(None, description="Reproducible sampling for the same request.")
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1, description="Only one choice is generated.")
-    presence_penalty: float = Field(0.0, ge=0, le=0, description="Not supported: only 0.")
-    frequency_penalty: float = Field(0.0, ge=0, le=0, description="Not supported: only 0.")
-    user: str | None = Field(None, description="Accepted and ignored (never logged).")
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, v: str | list[str] | None) -> list[str]:
-        stops = [v] if isinstance(v, str) else list(v or [])
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValueError("stop takes up to 4 non-empty strings")
-        return stops
-
-    def for_engine(self) -> dict[str, Any]:
-        return {
-            "messages": [m.plain() for m in self.messages],
-            "max_tokens": self.max_completion_tokens or self.max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "stop": self.stop or [],  # validators skip the default None
-        }
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class AssistantMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class Choice(BaseModel):
-    index: int = 0
-    message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
-    logprobs: None = None
-
-
-class DecisionSupport(BaseModel):
-    notice: str = DECISION_SUPPORT
-    model_version: str = Field(description="Version of the base model that answered.")
-    intended_use: str
-
-
-class ChatCompletion(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[Choice]
-    usage: Usage
-    decision_support: DecisionSupport
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = CREATED
-    owned_by: str = "medserve"
-    root: str
-    parent: str | None = None
-    description: str = ""
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
 
 
 def _gateway(request: Request) -> GatewayAPI:

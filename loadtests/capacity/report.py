@@ -7,8 +7,8 @@ from pathlib import Path
 import yaml
 from rich.table import Table
 
-from loadtests.capacity import Plan
-from loadtests.profiler import ModelProfile
+from loadtests.capacity.planner import Plan
+from loadtests.capacity.profiler import ModelProfile
 
 
 def table(plan: Plan, machine: str) -> Table:

@@ -1,7 +1,7 @@
 """What each workload sends: synthetic DICOM studies and multi-turn clinical chats.
 
 Pure request building (no Locust), so the payloads can be checked in unit tests. Radiographs
-and CT series come from serving.samples (no patient data); sizes are set by the profile
+and CT series come from serving.testing.samples (no patient data); sizes are set by the profile
 because full-size studies (2-3k px radiographs, 300-slice CTs) would saturate a 2-core test
 box on upload alone. Chats follow the OpenAI chat-completions contract in DESIGN.md.
 """
@@ -12,9 +12,8 @@ import json
 import os
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
 
-from loadtests.profiles import Kind, Payloads, Tenant
+from loadtests.traffic.profiles import Kind, Payloads, Tenant
 from serving.testing.samples import make_ct_series, make_radiograph, zip_series
 
 API_KEY_ENV = "MEDSERVE_API_KEY"  # the key of tenants that name no `key_env`
@@ -36,13 +35,6 @@ FOLLOW_UPS = (
     "Please make that shorter.",
 )
 CANNED_REPLY = "Decision support only: consider guideline-based work-up and specialist review."
-
-
-def kind_of(manifest: Any) -> Kind:
-    """Workload kind from a manifest (duck-typed: LLM manifests have `adapters`)."""
-    if hasattr(manifest, "adapters"):
-        return "chat"
-    return "ct" if getattr(manifest, "task", "") == "detection" else "radiograph"
 
 
 def imaging_bodies(kind: Kind, p: Payloads, variants: int = 4) -> list[tuple[bytes, str]]:

@@ -22,9 +22,7 @@ from typing import Any
 
 import httpx
 
-from loadtests.profiles import Kind, Payloads
-from loadtests.slo import percentile
-from loadtests.workloads import (
+from loadtests.generator.workloads import (
     API_KEY_ENV,
     bearer,
     chat_body,
@@ -32,6 +30,9 @@ from loadtests.workloads import (
     path_of,
     token_times,
 )
+from loadtests.report.stats import percentile
+from loadtests.run.local import one_replica_server
+from loadtests.traffic.profiles import Kind, Payloads, all_manifests, kind_of
 
 IMAGING_LEVELS = (1, 2, 4, 8, 16)
 CHAT_LEVELS = (1, 2, 4, 8, 16, 32)
@@ -190,10 +191,6 @@ def profile_models(models: list[str], repository: Any, host: str | None, seconds
                    say: Callable[[str], None] = print) -> list[ModelProfile]:
     """Profile every model over HTTP at `host`, or on a local one-replica Medserve, and its
     backend's batch sizes in this process."""
-    from loadtests.local import one_replica_server
-    from loadtests.profiles import all_manifests
-    from loadtests.workloads import kind_of
-
     manifests = all_manifests(repository)
     with contextlib.ExitStack() as stack:
         url = host or stack.enter_context(one_replica_server(repository.root, models)).url

@@ -12,7 +12,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loadtests.traffic import Diurnal, Peak
+from loadtests.traffic.rollout import Diurnal, Peak
 
 # Outpatient sessions when a profile names no rollout (the same curve as rollouts/*.yaml).
 DEFAULT_DIURNAL = Diurnal(

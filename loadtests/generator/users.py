@@ -19,9 +19,8 @@ import gevent.pool
 import requests
 from locust import HttpUser, User, between, task
 
-from loadtests.openloop import InFlight, Record, arrivals, completed, refused
-from loadtests.profiles import ModelPlan, Plan
-from loadtests.workloads import (
+from loadtests.generator.openloop import InFlight, Record, arrivals, completed, refused
+from loadtests.generator.workloads import (
     Mix,
     auth_headers,
     chat_body,
@@ -30,6 +29,7 @@ from loadtests.workloads import (
     sse_data,
     token_times,
 )
+from loadtests.traffic.profiles import ModelPlan, Plan
 from serving.protocol.headers import PRIORITY as PRIORITY_HEADER
 
 RECORDS: list[Record] = []

@@ -1,7 +1,7 @@
 """Capacity planner: a rollout's peak traffic and measured per-replica profiles in, replicas,
 GPUs, cost and autoscaling bounds per model out.
 
-Each model becomes a queue (loadtests.queueing.Station) fitted from its profile:
+Each model becomes a queue (loadtests.capacity.queueing.Station) fitted from its profile:
 - imaging, batching (`batching.max_batch_size` > 1): each replica a batch server. A batch of
   k takes what the profile measured at concurrency k: k closed-loop clients move in lockstep,
   so each round is one batch of k, and its p50 latency is that batch's time end to end;
@@ -21,10 +21,10 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from loadtests.profiler import Level, ModelProfile
-from loadtests.queueing import Arrivals, Station
-from loadtests.slo import LatencyTarget, slo_of
-from loadtests.traffic import Rollout
+from loadtests.capacity.profiler import Level, ModelProfile
+from loadtests.capacity.queueing import Arrivals, Station
+from loadtests.report.slo import LatencyTarget, slo_of
+from loadtests.traffic.rollout import Rollout
 
 HOURS_PER_MONTH = 730.0
 

@@ -14,14 +14,21 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from loadtests.shapes import ShapeSpec
-from loadtests.traffic import Diurnal, Rollout, load_rollout
+from loadtests.traffic.rollout import Diurnal, Rollout, load_rollout
+from loadtests.traffic.shapes import ShapeSpec
 
-HERE = Path(__file__).resolve().parent
-PROFILES = HERE / "profiles"
-ROLLOUTS = HERE / "rollouts"
+PACKAGE = Path(__file__).resolve().parents[1]  # loadtests/, which holds the data folders
+PROFILES = PACKAGE / "profiles"
+ROLLOUTS = PACKAGE / "rollouts"
 Kind = Literal["radiograph", "ct", "chat"]
 PRIORITIES = ("stat", "urgent", "routine")  # the x-priority values Medserve knows
+
+
+def kind_of(manifest: Any) -> Kind:
+    """Workload kind from a manifest (duck-typed: LLM manifests have `adapters`)."""
+    if hasattr(manifest, "adapters"):
+        return "chat"
+    return "ct" if getattr(manifest, "task", "") == "detection" else "radiograph"
 
 
 class _Strict(BaseModel):
@@ -115,7 +122,8 @@ class ModelPlan(_Strict):
 
 
 class Plan(_Strict):
-    """What the Locust process runs: written by the gate, read by loadtests.locustfile."""
+    """What the Locust process runs: written by the gate (loadtests.run.gate), read by the
+    locustfile (loadtests.generator.locustfile)."""
 
     profile: Profile
     models: dict[str, ModelPlan]
@@ -138,8 +146,6 @@ def build_plan(
     profile: Profile, repo: Any, records: str, duration_s: float | None = None
 ) -> tuple[Plan, list[str]]:
     """The plan for the models of `profile` that `repo` serves, and notes on those skipped."""
-    from loadtests.workloads import kind_of
-
     if duration_s is not None:
         profile = profile.model_copy(update={"duration_s": duration_s})
     rates = profile.base_rates()

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loadtests.openloop import NOT_SENT, Record
+from loadtests.generator.openloop import NOT_SENT, Record
+from loadtests.report.stats import percentile
 
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
 
@@ -63,14 +64,6 @@ def slo_of(model: str, manifest: Any, override: Mapping[str, float] | None = Non
     if override:
         source = "profile override: " + ", ".join(f"{k}={v:g}" for k, v in override.items())
     return ModelSLO(model, targets, float(values["availability_objective"]), source)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile: a value that was actually measured."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Overload run: mixed stat/routine chest X-rays at a multiple of the measured capacity.
 
 First the served capacity is measured closed-loop (the model kept busy, nothing shed); then
-requests arrive open-loop (Poisson, `loadtests.openloop.arrivals`) at `factor` times that rate,
-one in `stat_every` stat and the rest routine. Used by `benchmarks/overload.py` and
+requests arrive open-loop (Poisson, `loadtests.generator.openloop.arrivals`) at `factor` times
+that rate, one in `stat_every` stat and the rest routine. Used by `benchmarks/overload.py` and
 `tests/integration/test_overload.py`.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from loadtests.openloop import arrivals
-from loadtests.slo import percentile
+from loadtests.generator.openloop import arrivals
+from loadtests.report.stats import percentile
 from serving.protocol.headers import PRIORITY as PRIORITY_HEADER
 from serving.testing.samples import make_png
 

@@ -16,14 +16,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtests import report
-from loadtests.openloop import Record
-from loadtests.profiles import all_manifests, build_plan, load_profile
-from loadtests.slo import ModelResult, evaluate, slo_of
-from loadtests.workloads import auth_headers
+from loadtests.generator.openloop import Record
+from loadtests.generator.workloads import auth_headers
+from loadtests.report import slo_report
+from loadtests.report.slo import ModelResult, evaluate, slo_of
+from loadtests.traffic.profiles import all_manifests, build_plan, load_profile
 from serving.repository.store import load_repository
 
-LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+# Run by path, never imported here: Locust (gevent) must stay out of this process.
+LOCUSTFILE = Path(__file__).resolve().parents[1] / "generator" / "locustfile.py"
 STARTUP_S = 60.0  # Locust start-up and payload building, on top of schedule and drain
 
 
@@ -103,8 +104,8 @@ def run_gate(
     title = (f"Medserve SLO gate: profile {plan.profile.name} ({plan.profile.shape.kind}, "
              f"{duration:g} s, open loop, base rates {rates}) against {host}")
     passed = code == 0 and bool(results) and all(r.passed for r in results)
-    body = report.text(title, results, notes, passed)
+    body = slo_report.text(title, results, notes, passed)
     (out / "slo_report.txt").write_text(body)
-    report.write_csv(out / "slo_report.csv", results)
-    report.plot(out / "slo_latency.png", results, records)
+    slo_report.write_csv(out / "slo_report.csv", results)
+    slo_report.plot(out / "slo_latency.png", results, records)
     return GateResult(passed, code != 0, results, body, out)

@@ -5,7 +5,7 @@ generator per model, stopped when every schedule has drained, records written at
 Run by hand for exploration, it gives closed-loop users for the profile in MEDSERVE_PROFILE
 (default: smoke) and that profile's shape scales the user count:
 
-    MEDSERVE_PROFILE=step locust -f loadtests/locustfile.py --host http://127.0.0.1:8000
+    MEDSERVE_PROFILE=step locust -f loadtests/generator/locustfile.py --host http://127.0.0.1:8000
 """
 
 from __future__ import annotations
@@ -18,8 +18,14 @@ from typing import Any
 
 from locust import LoadTestShape, events
 
-from loadtests.profiles import Plan, build_plan, load_profile
-from loadtests.users import CLOSED_WAIT_S, FINISHED, RECORDS, OpenLoopUser, closed_loop_user
+from loadtests.generator.users import (
+    CLOSED_WAIT_S,
+    FINISHED,
+    RECORDS,
+    OpenLoopUser,
+    closed_loop_user,
+)
+from loadtests.traffic.profiles import Plan, build_plan, load_profile
 from serving.repository.store import DEFAULT_REPO, load_repository
 
 _plan_file = os.environ.get("MEDSERVE_LOADTEST_PLAN")

@@ -3,7 +3,7 @@ an optional scripted stall. No CPU work, so it is immune to a noisy machine: the
 it to show coordinated-omission correction, and benchmarks/capacity.py to check the
 planner's method apart from CPU noise.
 
-    python -m loadtests.stub --port P [--service-s 0.01] [--stall-at 4 --stall-s 2]
+    python -m loadtests.run.stub --port P [--service-s 0.01] [--stall-at 4 --stall-s 2]
 
 Requests are served one at a time in arrival order (one replica, no batching), each taking
 `--service-s`; from `--stall-at` seconds after the first request the server stops for
@@ -86,7 +86,7 @@ def running_stub(service_s: float, stall_at: float = 0.0, stall_s: float = 0.0,
                  ) -> Iterator[str]:
     """Start the stub in its own process on a free port; yield its URL; stop it."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "loadtests.stub", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "loadtests.run.stub", "--port", str(port),
                              "--service-s", str(service_s), "--stall-at", str(stall_at),
                              "--stall-s", str(stall_s)])
     url = f"http://127.0.0.1:{port}"

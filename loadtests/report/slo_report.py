@@ -6,8 +6,8 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from loadtests.openloop import Record
-from loadtests.slo import PERCENTILES, ModelResult
+from loadtests.generator.openloop import Record
+from loadtests.report.slo import PERCENTILES, ModelResult
 
 _HEAD = ("model", "metric", "requests", "ok/s", "errors", *(f"p{q:g}" for q in PERCENTILES),
          "under", "objective", "verdict")

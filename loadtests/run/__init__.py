@@ -1,0 +1,2 @@
+"""Driving runs: the SLO gate (gate), a local Medserve pinned to one replica (local), a FIFO
+stub server (stub), and the mixed-priority overload run (overload)."""
