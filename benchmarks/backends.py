@@ -1,10 +1,11 @@
-"""cxr-triage through three paths, in one run on one machine, with the same weights and client:
+"""cxr-triage through four paths, in one run on one machine, with the same weights and client:
 
-(a) Medserve, torch backend; (b) Medserve, triton backend (the gateway and an imaging replica
-in front of Triton); (c) Triton called directly. Every path is driven by the same tritonclient
-HTTP (binary OIP) load at each concurrency level, the three taking turns. Triton runs the
-Python-backend build of `medserve build-triton` with as many model instances as the manifest
-allows Medserve replicas (both Medserve paths run that many), and the same torch threads.
+(a) Medserve, torch backend; (b) Medserve, ONNX Runtime backend (the same weights exported to
+ONNX, as a vendor would ship them); (c) Medserve, triton backend (the gateway and an imaging
+replica in front of Triton); (d) Triton called directly. Every path is driven by the same
+tritonclient HTTP (binary OIP) load at each concurrency level, the four taking turns. Triton
+runs the Python-backend build of `medserve build-triton` with as many model instances as the
+manifest allows Medserve replicas (every Medserve path runs that many), and the same threads.
 
 Used by `python benchmarks/imaging.py --compare-backends`.
 """
@@ -13,21 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
+from serving.repository.checksums import sha256_file
 from serving.repository.store import load_repository
 from serving.testing.process import running_server
 from serving.triton.build import build_repository, copy_with_backend
+from serving.triton.onnx_export import export_onnx
 from serving.triton.server import TritonServer
 
 Row = dict[str, float]
 Load = Callable[[str, int, float], Awaitable[Row]]
-PATHS = ("medserve-torch", "medserve-triton", "triton-direct")
+PATHS = ("medserve-torch", "medserve-onnx", "medserve-triton", "triton-direct")
 console = Console()
 
 
@@ -42,6 +47,7 @@ def compare(root: Path, model: str, levels: list[int], seconds: float, load: Loa
                                    scaling=pinned)
     triton_repo = copy_with_backend(source, tmp / "triton", [model], scaling=pinned,
                                     triton={"instance_count": replicas})
+    onnx_repo = onnx_copy(torch_repo, tmp / "onnx", model)
     build_repository(load_repository(triton_repo), tmp / "triton-models")
     results: dict[str, list[Row]] = {p: [] for p in PATHS}
     with contextlib.ExitStack() as stack:
@@ -51,6 +57,7 @@ def compare(root: Path, model: str, levels: list[int], seconds: float, load: Loa
         triton.wait_ready()
         urls = {"triton-direct": triton.http_url}
         for path, repo, extra in (("medserve-torch", torch_repo, []),
+                                  ("medserve-onnx", onnx_repo, []),
                                   ("medserve-triton", triton_repo,
                                    ["--triton-url", triton.grpc_url])):
             srv = stack.enter_context(running_server(
@@ -65,8 +72,27 @@ def compare(root: Path, model: str, levels: list[int], seconds: float, load: Loa
     report(model, results, replicas)
 
 
+def onnx_copy(source: Path, dest: Path, model: str) -> Path:
+    """The same repository with `model`'s served version exported to ONNX (same weights,
+    same manifest otherwise): what ONNX Runtime in the replica serves."""
+    shutil.copytree(source, dest)
+    repo = load_repository(dest)
+    manifest = repo.manifest(model)
+    version = manifest.version(manifest.served_version)
+    out = repo.version_dir(model, version.version) / "model.onnx"
+    export_onnx(manifest, version, repo.verify(model, version), out)
+    path = dest / model / "manifest.yaml"
+    doc = yaml.safe_load(path.read_text())
+    for v in doc["versions"]:
+        if str(v["version"]) == version.version:
+            v["weights"] = {"file": out.name, "format": "onnx", "sha256": sha256_file(out)}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return dest
+
+
 def report(model: str, results: dict[str, list[Row]], instances: int) -> None:
-    table = Table(title=f"{model}: Medserve (torch | triton backend) vs Triton direct, HTTP OIP")
+    table = Table(title=f"{model}: Medserve (torch | onnx | triton backend) vs Triton direct, "
+                  "HTTP OIP")
     for col in ("path", "concurrency", "img/s", "p50 ms", "p99 ms", "errors", "img/s vs direct",
                 "p99 vs direct"):
         table.add_column(col, justify="right")
@@ -89,7 +115,10 @@ def report(model: str, results: dict[str, list[Row]], instances: int) -> None:
             f"x{b['throughput'] / peak['throughput']:.2f} Triton direct's peak; p99 "
             f"{b['p99_ms']:.0f} ms, x{b['p99_ms'] / same['p99_ms']:.2f} Triton direct's there"
         )
-    top = max(("medserve-torch", "medserve-triton"), key=lambda p: best[p]["throughput"])
+    onnx, torch = best["medserve-onnx"], best["medserve-torch"]
+    console.print(f"ONNX Runtime backend vs torch backend, peak img/s: "
+                  f"x{onnx['throughput'] / torch['throughput']:.2f}")
+    top = max(PATHS[:-1], key=lambda p: best[p]["throughput"])
     b = best[top]
     met = (b["throughput"] >= peak["throughput"]
            and b["p99_ms"] <= direct[b["concurrency"]]["p99_ms"])

@@ -6,6 +6,7 @@ backend that drops or duplicates an item fails loudly instead of mis-attributing
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -24,3 +25,15 @@ def check_outputs(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> list[n
         if y.shape[0] != x.shape[0]:
             raise RuntimeError("backend output batch size differs from its input")
     return outputs
+
+
+def run_in_chunks(
+    inputs: list[np.ndarray], chunk: int, forward: Callable[[np.ndarray], np.ndarray]
+) -> list[np.ndarray]:
+    """One batch of requests as forward passes of at most `chunk` items: the inputs are
+    concatenated along the batch axis, run chunk by chunk, and split back per request."""
+    sizes = [len(x) for x in inputs]
+    batch = np.concatenate(inputs) if len(inputs) > 1 else inputs[0]
+    chunks = [forward(batch[i : i + chunk]) for i in range(0, len(batch), chunk)]
+    out = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    return np.split(out, np.cumsum(sizes)[:-1])

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from serving.backends.base import check_outputs
+from serving.backends.base import check_outputs, run_in_chunks
 from serving.repository.networks import freeze_for_inference, load_network
 from serving.schema.imaging import CTPreprocessing, ModelManifest, ModelVersion
 
@@ -64,14 +64,9 @@ class TorchBackend:
     def run_sync(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         if self.inferer is not None:  # volumes differ in size: one sliding-window pass each
             return [self._forward(x, sliding=True) for x in inputs]
-        sizes = [len(x) for x in inputs]
-        batch = np.concatenate(inputs) if len(inputs) > 1 else inputs[0]
-        chunks = [
-            self._forward(batch[i : i + self.max_batch_size], sliding=False)
-            for i in range(0, len(batch), self.max_batch_size)
-        ]
-        out = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
-        return np.split(out, np.cumsum(sizes)[:-1])
+        return run_in_chunks(
+            inputs, self.max_batch_size, lambda x: self._forward(x, sliding=False)
+        )
 
     def _forward(self, x: np.ndarray, *, sliding: bool) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)

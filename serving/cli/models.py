@@ -1,12 +1,17 @@
-"""`medserve models`: list the model repository and check its manifests and checksums."""
+"""`medserve models`: list the model repository, check its manifests and checksums, and
+import models into it."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from serving.cli.support import RepoOpt, console, fail
 from serving.errors import ModelLoadError
+from serving.repository.importer import ImportOptions, import_model, split_list
 from serving.repository.store import DEFAULT_REPO, load_repository
 
 models_app = typer.Typer(help="Inspect and check the model repository.")
@@ -32,7 +37,7 @@ def models(ctx: typer.Context, repo: RepoOpt = DEFAULT_REPO) -> None:
         share = f"{split.get(version.version, 0) / sum(split.values()):.0%}"
         default = version.version == manifest.served_version
         table.add_row(
-            manifest.name, version.version, manifest.task, manifest.backend,
+            manifest.name, version.version, manifest.task, manifest.runtime(version.version),
             ",".join(manifest.modalities), f"[{colour}]{status}[/{colour}]",
             " ".join(["default"] * default + [share] * (manifest.traffic is not None)),
         )
@@ -62,3 +67,39 @@ def models_check(repo: RepoOpt = DEFAULT_REPO) -> None:
     console.print(
         f"ok: {models} models, {count} versions, {adapters} adapters, checksums match"
     )
+
+
+@models_app.command("import")
+def models_import(
+    path: Annotated[Path, typer.Argument(help="Model file or folder to import (ONNX today).")],
+    name: Annotated[str, typer.Option(help="Model name in the repository (and every URL).")],
+    version: Annotated[
+        str | None, typer.Option(help="Version label (default: the next integer).")
+    ] = None,
+    intended_use: Annotated[
+        str | None,
+        typer.Option(help="Intended-use statement (required unless the file's metadata has "
+                     "one): what the model is for, and for whom."),
+    ] = None,
+    task: Annotated[
+        str | None, typer.Option(help="classification or detection (default: from the file).")
+    ] = None,
+    labels: Annotated[
+        str | None, typer.Option(help="Finding labels in output-channel order: A,B,...")
+    ] = None,
+    modalities: Annotated[
+        str | None, typer.Option(help="DICOM modalities accepted, e.g. CR,DX.")
+    ] = None,
+    description: Annotated[str | None, typer.Option(help="One line for `medserve models`.")] = None,
+    repo: RepoOpt = DEFAULT_REPO,
+) -> None:
+    """Copy a model into the repository, write or extend its manifest (sha256, tensors and
+    metadata from the file), and check it as `medserve models check` does."""
+    try:
+        options = ImportOptions(name=name, version=version, intended_use=intended_use,
+                                task=task, labels=split_list(labels),
+                                modalities=split_list(modalities), description=description)
+        manifest = import_model(repo, path, options)
+    except ModelLoadError as exc:
+        raise fail(exc.message) from None
+    console.print(f"imported {path.name} as {name}; wrote {manifest}")

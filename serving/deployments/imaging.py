@@ -20,6 +20,7 @@ from ray import serve
 
 from serving.backends.base import Backend
 from serving.backends.batching import Batcher
+from serving.backends.onnx_backend import OnnxBackend
 from serving.backends.torch_backend import TorchBackend
 from serving.backends.triton_backend import TritonBackend
 from serving.errors import ModelLoadError
@@ -49,14 +50,19 @@ class ImagingModel:
         self.version = version
         v = self.manifest.version(version)
         self.backend: Backend
-        if self.manifest.backend == "triton":
+        runtime = self.manifest.runtime(version)
+        if runtime == "triton":
             if not triton_url:
                 raise ModelLoadError(f"{model}: backend triton needs a Triton URL")
             self.backend = TritonBackend(self.manifest, v, triton_url)
         else:
             res = self.manifest.resources
             threads = res.threads or max(1, math.ceil(res.cpus))
-            self.backend = TorchBackend(self.manifest, v, repo.verify(model, v), _device(), threads)
+            path = repo.verify(model, v)
+            if runtime == "onnxruntime":
+                self.backend = OnnxBackend(self.manifest, path, _device(), threads)
+            else:
+                self.backend = TorchBackend(self.manifest, v, path, _device(), threads)
         self.pipeline = make_pipeline(self.manifest)
         # Buckets from the whole repository: every process must register identical buckets.
         models = [*repo.models.values(), *repo.llms.values()]

@@ -118,7 +118,9 @@ def demo_state_dict(arch: Architecture, seed: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_demo_weights(arch: Architecture, weights: Weights, path: Path) -> None:
+def save_demo_weights(arch: Architecture | None, weights: Weights, path: Path) -> None:
+    if arch is None:
+        raise ModelLoadError(f"{path}: demo weights need the manifest's architecture")
     if weights.demo_seed is None:
         raise ModelLoadError(f"{path}: no demo_seed in the manifest; supply real weights")
     if weights.format != "safetensors":
@@ -128,12 +130,24 @@ def save_demo_weights(arch: Architecture, weights: Weights, path: Path) -> None:
     save_file(state, str(path), metadata={"medserve_demo_seed": str(weights.demo_seed)})
 
 
-def load_network(arch: Architecture, weights: Weights, path: Path, device: str) -> nn.Module:
-    """Build the wrapped network from a verified weights file, in eval mode on `device`."""
+def load_network(
+    arch: Architecture | None, weights: Weights, path: Path, device: str
+) -> nn.Module:
+    """Build the wrapped network from a verified weights file, in eval mode on `device`.
+
+    A TorchScript file with no architecture in the manifest is the whole network (its output
+    is the manifest's output tensor); with one, it is that architecture's backbone."""
+    if weights.format == "onnx":
+        raise ModelLoadError(f"{path}: an ONNX model runs on ONNX Runtime, not torch")
+    if arch is None and weights.format != "torchscript":
+        raise ModelLoadError(f"{path}: {weights.format} weights need an architecture")
     try:
         if weights.format == "torchscript":
             backbone: nn.Module = torch.jit.load(str(path), map_location=device)
+            if arch is None:
+                return backbone.eval()
         else:
+            assert arch is not None
             backbone = build_backbone(arch)
             state: Any
             if weights.format == "safetensors":

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from serving.errors import ModelLoadError
 from serving.repository.checksums import sha256_file
+from serving.repository.onnx_graph import check_onnx
 from serving.schema.cluster import ClusterConfig
 from serving.schema.imaging import ModelManifest, ModelVersion
 
@@ -37,7 +38,7 @@ def _read_yaml(path: Path) -> Any:
         raise ModelLoadError(f"{path}: cannot read YAML ({type(exc).__name__})") from None
 
 
-def _describe(exc: ValidationError) -> str:
+def describe(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
     return f"{where}: {first['msg']}"
@@ -144,13 +145,16 @@ class Repository:
                     {**models[name].model_dump(), "backend": backend}
                 )
             except ValidationError as exc:
-                raise ModelLoadError(f"{name} with backend {backend}: {_describe(exc)}") from None
+                raise ModelLoadError(f"{name} with backend {backend}: {describe(exc)}") from None
         return replace(self, models=models)
 
     def check(self) -> None:
-        """Raise on the first manifest or weights problem."""
+        """Raise on the first manifest or weights problem: checksums, and for files that carry
+        their own graph (ONNX), that the graph is valid, runnable here and as declared."""
         for manifest, version in self.iter_versions():
-            self.verify(manifest.name, version)
+            path = self.verify(manifest.name, version)
+            if version.weights.format == "onnx":
+                check_onnx(path, manifest.inputs, manifest.outputs)
         for _, _, f in self.iter_llm_files():
             self.verify_file(f)
 
@@ -172,7 +176,7 @@ def load_manifest(path: Path) -> ModelManifest | LLMManifest:
         else:
             raise ModelLoadError(f"{path}: kind must be imaging or llm")
     except ValidationError as exc:
-        raise ModelLoadError(f"{path}: {_describe(exc)}") from None
+        raise ModelLoadError(f"{path}: {describe(exc)}") from None
     if manifest.name != path.parent.name:
         raise ModelLoadError(
             f"{path}: name {manifest.name!r} differs from its folder {path.parent.name!r}"
@@ -205,4 +209,4 @@ def load_cluster_config(path: Path | None = DEFAULT_CLUSTER_CONFIG) -> ClusterCo
     try:
         return ClusterConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ModelLoadError(f"{path}: {_describe(exc)}") from None
+        raise ModelLoadError(f"{path}: {describe(exc)}") from None

@@ -23,8 +23,12 @@ class Strict(BaseModel):
 
 class Weights(Strict):
     file: str = Field(description="Weights file, relative to the version folder.")
-    format: Literal["safetensors", "state_dict", "torchscript"] = Field(
-        "safetensors", description="How the file is loaded."
+    format: Literal["safetensors", "state_dict", "torchscript", "onnx"] = Field(
+        "safetensors",
+        description="How the file is loaded: safetensors or state_dict (weights of the "
+        "manifest's architecture), torchscript (the architecture's backbone, or the whole "
+        "network when the manifest names no architecture), onnx (the whole network, run by "
+        "ONNX Runtime).",
     )
     sha256: str = Field(description="Expected SHA-256 of the file; checked at load.")
     demo_seed: int | None = Field(

@@ -118,7 +118,11 @@ class ModelManifest(ManifestBase[ModelVersion]):
         Literal["application/dicom", "image/png", "multipart/form-data", "application/zip"]
     ] = Field(description="Request body types the predict route takes.")
     labels: list[str] = Field(description="Output labels, in output-channel order.")
-    architecture: Architecture
+    architecture: Architecture | None = Field(
+        None,
+        description="Network the weights belong to; omitted when every version's file carries "
+        "its own graph (onnx, or a whole-network torchscript).",
+    )
     inputs: list[TensorSpec] = Field(description="OIP input tensors (preprocessed).")
     outputs: list[TensorSpec] = Field(description="OIP output tensors.")
     preprocessing: Preprocessing
@@ -162,11 +166,26 @@ class ModelManifest(ManifestBase[ModelVersion]):
             raise ValueError("classification models take radiograph preprocessing")
         if self.task == "detection" and self.preprocessing.kind != "ct":
             raise ValueError("detection models take ct preprocessing")
+        bare = [v.version for v in self.versions if v.weights.format in ("safetensors",
+                "state_dict") or v.weights.demo_seed is not None]
+        if bare and self.architecture is None:
+            raise ValueError(f"versions {', '.join(bare)} hold weights only: name the architecture")
         if len(self.inputs) != 1 or len(self.outputs) != 1:
             raise ValueError("imaging models have exactly one input and one output tensor")
+        channels = self.outputs[0].shape[1] if len(self.outputs[0].shape) > 1 else -1
+        if self.task == "classification" and channels not in (-1, len(self.labels)):
+            raise ValueError(f"{len(self.labels)} labels for {channels} output channels: "
+                             "one label per channel")
         if self.backend == "triton" and not all(v.isdigit() and int(v) > 0 for v in labels):
             raise ValueError("Triton takes positive integer version labels (backend: triton)")
         return self
+
+    def runtime(self, version: str) -> Literal["torch", "onnxruntime", "triton"]:
+        """What runs a version: Triton (backend: triton), ONNX Runtime in the replica for a
+        file that carries its graph (format: onnx), or torch in the replica."""
+        if self.backend == "triton":
+            return "triton"
+        return "onnxruntime" if self.version(version).weights.format == "onnx" else "torch"
 
     @property
     def traffic_split(self) -> dict[str, int]:

@@ -53,6 +53,10 @@ def build_model(repo: Repository, manifest: ModelManifest, out: Path, fmt: Forma
         raise ModelLoadError(
             f"{manifest.name}: Triton takes positive integer versions, not {', '.join(bad)}"
         )
+    graphs = [v.version for v in manifest.versions if v.weights.format == "onnx"]
+    if graphs and fmt != "onnx":
+        raise ModelLoadError(f"{manifest.name}: versions {', '.join(graphs)} are ONNX files: "
+                             "build the Triton repository with --format onnx")
     res = manifest.resources
     threads = res.threads or max(1, math.ceil(res.cpus))
     target = out / manifest.name
@@ -62,7 +66,9 @@ def build_model(repo: Repository, manifest: ModelManifest, out: Path, fmt: Forma
         weights = repo.verify(manifest.name, version)
         vdir = target / version.version
         vdir.mkdir(parents=True)
-        if fmt == "onnx":
+        if version.weights.format == "onnx":  # already the graph Triton's onnxruntime runs
+            _link_or_copy(weights, vdir / "model.onnx")
+        elif fmt == "onnx":
             from serving.triton.onnx_export import export_onnx
 
             export_onnx(manifest, version, weights, vdir / "model.onnx")

@@ -93,7 +93,7 @@ async def model_metadata(request: Request, model: str, version: str | None = Non
     return ModelMetadata(
         name=m.name,
         versions=[version] if version else [v.version for v in m.versions],
-        platform=m.backend,
+        platform=m.runtime(target.version),
         inputs=m.inputs,
         outputs=m.outputs,
     )
@@ -103,7 +103,8 @@ async def model_metadata(request: Request, model: str, version: str | None = Non
 @router.get("/v2/models/{model}/versions/{version}/config", responses={404: {}})
 async def model_config(request: Request, model: str, version: str | None = None) -> dict[str, Any]:
     """Triton's model configuration extension (`tritonclient`'s get_model_config)."""
-    m = _gateway(request).resolve(model, version).manifest
+    target = _gateway(request).resolve(model, version)
+    m = target.manifest
     batched = m.inputs[0].shape[0] == -1  # Triton leaves the batch dimension out of dims
 
     def tensor(spec: TensorSpec) -> dict[str, Any]:
@@ -112,7 +113,7 @@ async def model_config(request: Request, model: str, version: str | None = None)
 
     return {
         "name": m.name,
-        "platform": m.backend,
+        "platform": m.runtime(target.version),
         "max_batch_size": m.batching.max_batch_size if batched else 0,
         "input": [tensor(t) for t in m.inputs],
         "output": [tensor(t) for t in m.outputs],

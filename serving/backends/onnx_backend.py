@@ -1,0 +1,72 @@
+"""ONNX Runtime backend: a model whose file carries its own graph (a vendor's ONNX export),
+run in-process on the CPU provider, or CUDA's where the replica holds a GPU.
+
+Batched like the torch backend: the requests of one batch are concatenated along the batch
+axis when the graph's batch dimension is dynamic, and cut into chunks of the graph's fixed
+batch size otherwise (the last chunk zero-padded). CT models run ONNX Runtime under MONAI's
+sliding-window inferer, one volume at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from serving.backends.base import check_outputs, run_in_chunks
+from serving.repository.onnx_graph import check_onnx, session
+from serving.schema.imaging import CTPreprocessing, ModelManifest
+
+
+class OnnxBackend:
+    def __init__(self, manifest: ModelManifest, path: Path, device: str, threads: int = 1) -> None:
+        check_onnx(path, manifest.inputs, manifest.outputs)
+        self.session = session(path, threads, gpu=device == "cuda")
+        (graph_input,) = self.session.get_inputs()
+        self.input_name = graph_input.name
+        self.output_name = self.session.get_outputs()[0].name
+        fixed = graph_input.shape[0]
+        self.fixed_batch = fixed if isinstance(fixed, int) and fixed > 0 else None
+        self.chunk = self.fixed_batch or manifest.batching.max_batch_size
+        # One thread runs the session (it has its own intra-op pool of `threads`).
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        pre = manifest.preprocessing
+        self.inferer = (
+            SlidingWindowInferer(
+                roi_size=pre.roi_size, sw_batch_size=pre.sw_batch_size, overlap=pre.overlap,
+                mode="gaussian", padding_mode="constant", cval=0.0,
+            )
+            if isinstance(pre, CTPreprocessing)
+            else None
+        )
+
+    def ready(self) -> bool:
+        return True
+
+    async def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self.executor, self.run_sync, inputs)
+        return check_outputs(inputs, outputs)
+
+    def run_sync(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        if self.inferer is not None:  # volumes differ in size: one sliding-window pass each
+            return [self._volume(x) for x in inputs]
+        return run_in_chunks(inputs, self.chunk, self._forward)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        if self.fixed_batch is not None and n < self.fixed_batch:
+            x = np.concatenate([x, np.zeros((self.fixed_batch - n, *x.shape[1:]), x.dtype)])
+        (y,) = self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(x)})
+        return np.asarray(y)[:n]
+
+    @torch.inference_mode()
+    def _volume(self, x: np.ndarray) -> np.ndarray:
+        assert self.inferer is not None
+        y = self.inferer(torch.from_numpy(x), lambda w: torch.from_numpy(self._forward(w.numpy())))
+        assert isinstance(y, torch.Tensor)
+        return y.numpy()

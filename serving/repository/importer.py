@@ -1,0 +1,219 @@
+"""`medserve models import`: a model file from outside (a vendor's export, a research group's
+checkpoint) into `model_repo/NAME/VERSION/`, with a manifest written or extended from what the
+file says about itself, checksummed, and checked exactly as `medserve models check` does.
+
+Formats are told apart by what the path is. An ONNX file carries its graph, so its tensors
+come from it; task, labels, modalities, description and intended use come from the flags or
+from the file's own metadata (ONNX `metadata_props` keys `task`, `labels` (a JSON list or
+comma-separated), `modalities`, `description`, `intended_use`). A model with no intended-use
+statement is refused: every Medserve result carries one, and a clinician must be able to read
+what the model is for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import yaml
+from pydantic import ValidationError
+
+from serving.errors import ModelLoadError
+from serving.repository.checksums import sha256_file
+from serving.repository.onnx_graph import graph_tensors
+from serving.repository.store import MANIFEST, describe, load_repository
+from serving.schema.imaging import ModelManifest, TensorSpec
+
+NOT_YET = {
+    "monai_bundle": "a MONAI bundle folder",
+    "hf_checkpoint": "a Hugging Face checkpoint folder",
+    "peft_adapter": "a PEFT adapter folder",
+    "gguf": "a GGUF file",
+    "torchscript": "a TorchScript file (its input shape is not in the file: write the manifest "
+    "by hand, `weights.format: torchscript`)",
+}
+CONTENT_TYPES = {
+    "classification": ["application/dicom", "image/png"],
+    "detection": ["multipart/form-data", "application/zip"],
+}
+MODALITIES = {"classification": ["CR", "DX"], "detection": ["CT"]}
+LATENCY_THRESHOLD_S = {"classification": 1.0, "detection": 10.0}  # a start: tune per model
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    name: str
+    version: str | None = None
+    intended_use: str | None = None
+    task: str | None = None
+    labels: list[str] | None = None
+    modalities: list[str] | None = None
+    description: str | None = None
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir():
+        if (path / "configs" / "metadata.json").is_file():
+            return "monai_bundle"
+        if (path / "adapter_config.json").is_file():
+            return "peft_adapter"
+        if (path / "config.json").is_file():
+            return "hf_checkpoint"
+    elif path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".onnx":
+            return "onnx"
+        if suffix == ".gguf":
+            return "gguf"
+        if suffix in (".ts", ".pt", ".pth"):
+            return "torchscript"
+    raise ModelLoadError(f"{path}: not a model this command recognises (a .onnx, .gguf, .ts/.pt "
+                         "file, or a MONAI bundle, Hugging Face or PEFT folder)")
+
+
+def import_model(repo_root: Path, source: Path, options: ImportOptions) -> Path:
+    """Copy `source` into the repository and write its manifest; returns the manifest path.
+    On any problem nothing in the repository changes."""
+    fmt = detect_format(source)
+    if fmt != "onnx":
+        raise ModelLoadError(f"{source}: importing {NOT_YET[fmt]} is not supported yet")
+    manifest_path = repo_root / options.name / MANIFEST
+    existing = _existing(manifest_path)
+    found = _onnx_metadata(source)
+    version = options.version or _next_version(existing)
+    doc = _extend(existing, version, source) if existing else _new(source, options, found, version)
+    try:
+        manifest = ModelManifest.model_validate(doc)
+    except ValidationError as exc:
+        raise ModelLoadError(f"{source}: the manifest it would get is invalid: "
+                             f"{describe(exc)}") from None
+    target = repo_root / options.name / version
+    if target.exists():
+        raise ModelLoadError(f"{target} exists: choose another --version")
+    previous = manifest_path.read_text() if existing else None
+    try:
+        target.mkdir(parents=True)
+        shutil.copyfile(source, target / "model.onnx")
+        manifest_path.write_text(_yaml(doc))
+        load_repository(repo_root).check()  # what `medserve models check` runs
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        if previous is None:
+            manifest_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                manifest_path.parent.rmdir()
+        else:
+            manifest_path.write_text(previous)
+        raise
+    assert manifest.name == options.name
+    return manifest_path
+
+
+def _existing(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict) or raw.get("kind", "imaging") != "imaging":
+        raise ModelLoadError(f"{path}: not an imaging manifest; import under another --name")
+    return raw
+
+
+def _next_version(existing: dict[str, Any] | None) -> str:
+    labels = [str(v.get("version")) for v in (existing or {}).get("versions", [])]
+    numbers = [int(v) for v in labels if v.isdigit()]
+    return str(max(numbers, default=0) + 1)
+
+
+def _version(source: Path, version: str) -> dict[str, Any]:
+    return {"version": version, "weights": {"file": "model.onnx", "format": "onnx",
+                                            "sha256": sha256_file(source)}}
+
+
+def _extend(existing: dict[str, Any], version: str, source: Path) -> dict[str, Any]:
+    """A new version of a model already here: same tensors (checked against the graph by the
+    repository check), same task and labels."""
+    return {**existing, "versions": [*existing.get("versions", []), _version(source, version)]}
+
+
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def split_list(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except ValueError:
+            raise ModelLoadError("metadata list is not valid JSON") from None
+        return [str(i) for i in items]
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _new(source: Path, o: ImportOptions, found: dict[str, str], version: str) -> dict[str, Any]:
+    inputs, outputs = graph_tensors(source)
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelLoadError(f"{source}: imaging models take one input and one output tensor; "
+                             f"the graph has {len(inputs)} and {len(outputs)}")
+    intended_use = o.intended_use or found.get("intended_use")
+    if not intended_use:
+        raise ModelLoadError(
+            f"{source}: no intended-use statement (pass --intended-use, or set the model's "
+            "`intended_use` metadata): every result must say what the model is for")
+    (x,), (y,) = inputs, outputs
+    task = o.task or found.get("task") or ("detection" if len(y.shape) == 5 else "classification")
+    if task not in CONTENT_TYPES:
+        raise ModelLoadError(f"{source}: task must be classification or detection")
+    labels = o.labels or split_list(found.get("labels"))
+    if labels is None and task == "detection":
+        labels = ["nodule"]
+    if labels is None:
+        raise ModelLoadError(f"{source}: no labels (pass --labels A,B,..., one per output "
+                             "channel, or set the model's `labels` metadata)")
+    return {
+        "kind": "imaging",
+        "name": o.name,
+        "task": task,
+        "description": o.description or found.get("description", ""),
+        "modalities": o.modalities or split_list(found.get("modalities")) or MODALITIES[task],
+        "content_types": CONTENT_TYPES[task],
+        "labels": labels,
+        "inputs": [_batched(x)],
+        "outputs": [_batched(y)],
+        "preprocessing": _preprocessing(source, task, x),
+        "versions": [_version(source, version)],
+        "default_version": version,
+        "slo": {"latency_threshold_s": LATENCY_THRESHOLD_S[task]},
+        "intended_use": " ".join(intended_use.split()),
+    }
+
+
+def _batched(spec: TensorSpec) -> dict[str, Any]:
+    # OIP clients may send any batch: the backend cuts it to what the graph takes.
+    return {"name": spec.name, "datatype": spec.datatype, "shape": [-1, *spec.shape[1:]]}
+
+
+def _preprocessing(source: Path, task: str, x: TensorSpec) -> dict[str, Any]:
+    spatial = x.shape[2:]
+    if task == "classification":
+        if len(spatial) != 2 or -1 in spatial or x.shape[1] != 1:
+            raise ModelLoadError(f"{source}: a classifier here takes [batch, 1, H, W] with "
+                                 f"fixed H and W; the graph takes {x.shape}")
+        return {"kind": "radiograph", "spatial_size": spatial}
+    if len(spatial) != 3 or x.shape[1] != 1:
+        raise ModelLoadError(f"{source}: a CT detector takes [batch, 1, D, H, W]; the graph "
+                             f"takes {x.shape}")
+    return {"kind": "ct", **({"roi_size": spatial} if -1 not in spatial else {})}
+
+
+def _yaml(doc: dict[str, Any]) -> str:
+    return ("# Written by `medserve models import`; edit freely (batching, scaling, slo...).\n"
+            + yaml.safe_dump(doc, sort_keys=False, width=100))
