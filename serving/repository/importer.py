@@ -5,9 +5,11 @@ file says about itself, checksummed, and checked exactly as `medserve models che
 Formats are told apart by what the path is. An ONNX file carries its graph, so its tensors
 come from it; task, labels, modalities, description and intended use come from the flags or
 from the file's own metadata (ONNX `metadata_props` keys `task`, `labels` (a JSON list or
-comma-separated), `modalities`, `description`, `intended_use`). A model with no intended-use
-statement is refused: every Medserve result carries one, and a clinician must be able to read
-what the model is for.
+comma-separated), `modalities`, `description`, `intended_use`). A MONAI bundle describes
+itself in `configs/metadata.json`: its tensors (`network_data_format`), labels
+(`channel_def`), version and intended use; the whole bundle becomes the version folder. A
+model with no intended-use statement is refused: every Medserve result carries one, and a
+clinician must be able to read what the model is for.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +28,13 @@ from pydantic import ValidationError
 
 from serving.errors import ModelLoadError
 from serving.repository.checksums import sha256_file
+from serving.repository.monai_bundle import read_bundle
 from serving.repository.onnx_graph import graph_tensors
 from serving.repository.store import MANIFEST, describe, load_repository
+from serving.schema.base import VERSION
 from serving.schema.imaging import ModelManifest, TensorSpec
 
 NOT_YET = {
-    "monai_bundle": "a MONAI bundle folder",
     "hf_checkpoint": "a Hugging Face checkpoint folder",
     "peft_adapter": "a PEFT adapter folder",
     "gguf": "a GGUF file",
@@ -76,30 +80,38 @@ def detect_format(path: Path) -> str:
                          "file, or a MONAI bundle, Hugging Face or PEFT folder)")
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What an import writes: the manifest, the version label, and how the version folder is
+    filled from the source."""
+
+    doc: dict[str, Any]
+    version: str
+    fill: Callable[[Path], None]
+
+
 def import_model(repo_root: Path, source: Path, options: ImportOptions) -> Path:
     """Copy `source` into the repository and write its manifest; returns the manifest path.
     On any problem nothing in the repository changes."""
     fmt = detect_format(source)
-    if fmt != "onnx":
+    if fmt not in PLANNERS:
         raise ModelLoadError(f"{source}: importing {NOT_YET[fmt]} is not supported yet")
     manifest_path = repo_root / options.name / MANIFEST
     existing = _existing(manifest_path)
-    found = _onnx_metadata(source)
-    version = options.version or _next_version(existing)
-    doc = _extend(existing, version, source) if existing else _new(source, options, found, version)
+    plan = PLANNERS[fmt](source, options, existing)
     try:
-        manifest = ModelManifest.model_validate(doc)
+        ModelManifest.model_validate(plan.doc)
     except ValidationError as exc:
         raise ModelLoadError(f"{source}: the manifest it would get is invalid: "
                              f"{describe(exc)}") from None
-    target = repo_root / options.name / version
+    target = repo_root / options.name / plan.version
     if target.exists():
         raise ModelLoadError(f"{target} exists: choose another --version")
     previous = manifest_path.read_text() if existing else None
     try:
-        target.mkdir(parents=True)
-        shutil.copyfile(source, target / "model.onnx")
-        manifest_path.write_text(_yaml(doc))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        plan.fill(target)
+        manifest_path.write_text(_yaml(plan.doc))
         load_repository(repo_root).check()  # what `medserve models check` runs
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
@@ -110,8 +122,64 @@ def import_model(repo_root: Path, source: Path, options: ImportOptions) -> Path:
         else:
             manifest_path.write_text(previous)
         raise
-    assert manifest.name == options.name
     return manifest_path
+
+
+def _onnx_plan(source: Path, o: ImportOptions, existing: dict[str, Any] | None) -> Plan:
+    version = o.version or _next_version(existing)
+    entry = _version(version, "model.onnx", "onnx", source)
+    if existing:
+        doc = _extend(existing, entry)
+    else:
+        inputs, outputs = graph_tensors(source)
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelLoadError(f"{source}: imaging models take one input and one output "
+                                 f"tensor; the graph has {len(inputs)} and {len(outputs)}")
+        found = _onnx_metadata(source)
+        (x,), (y,) = inputs, outputs
+        task = o.task or found.get("task") or (
+            "detection" if len(y.shape) == 5 else "classification")
+        doc = _new(source, o, entry, task=task, x=x, y=y,
+                   labels=o.labels or split_list(found.get("labels")),
+                   intended_use=o.intended_use or found.get("intended_use"),
+                   description=o.description or found.get("description", ""),
+                   modalities=o.modalities or split_list(found.get("modalities")))
+        doc["preprocessing"] = _preprocessing(source, task, x)
+    return Plan(doc, version, lambda target: _copy_file(source, target / "model.onnx"))
+
+
+def _bundle_plan(source: Path, o: ImportOptions, existing: dict[str, Any] | None) -> Plan:
+    info = read_bundle(source)
+    taken = {str(v.get("version")) for v in (existing or {}).get("versions", [])}
+    bundle_version = info.version if VERSION.match(info.version) and info.version not in taken \
+        else None
+    version = o.version or bundle_version or _next_version(existing)
+    entry = _version(version, str(info.model_file), "monai_bundle", source / info.model_file)
+    if existing:
+        doc = _extend(existing, entry)
+    else:
+        kind = info.output.kind.lower()
+        if kind == "segmentation" and o.task is None:
+            raise ModelLoadError(f"{source}: segmentation bundles are not served yet")
+        task = o.task or ("classification" if kind in ("classes", "classification") else None)
+        if task is None:
+            raise ModelLoadError(f"{source}: the bundle's output format {kind!r} names no task "
+                                 "Medserve serves: pass --task classification or detection")
+        c, spatial = info.input.num_channels, info.input.spatial_shape
+        x = TensorSpec(name=info.input.name, datatype="FP32", shape=[-1, c, *spatial])
+        y = TensorSpec(name=info.output.name, datatype="FP32",
+                       shape=[-1, info.output.num_channels])
+        channel_labels = list(info.output.channel_def.values())
+        doc = _new(source, o, entry, task=task, x=x, y=y,
+                   labels=o.labels or channel_labels or None,
+                   intended_use=o.intended_use or info.intended_use,
+                   description=o.description or info.description[:200],
+                   modalities=o.modalities or ([info.input.modality.upper()]
+                                               if info.input.modality else None))
+        # MONAI bundles scale intensities to [0, 1] (ScaleIntensityd): no further shift.
+        doc["preprocessing"] = {**_preprocessing(source, task, x), "mean": 0.0, "std": 1.0} \
+            if task == "classification" else _preprocessing(source, task, x)
+    return Plan(doc, version, lambda target: _copy_tree(source, target))
 
 
 def _existing(path: Path) -> dict[str, Any] | None:
@@ -129,15 +197,24 @@ def _next_version(existing: dict[str, Any] | None) -> str:
     return str(max(numbers, default=0) + 1)
 
 
-def _version(source: Path, version: str) -> dict[str, Any]:
-    return {"version": version, "weights": {"file": "model.onnx", "format": "onnx",
-                                            "sha256": sha256_file(source)}}
+def _version(version: str, file: str, fmt: str, source_file: Path) -> dict[str, Any]:
+    return {"version": version, "weights": {"file": file, "format": fmt,
+                                            "sha256": sha256_file(source_file)}}
 
 
-def _extend(existing: dict[str, Any], version: str, source: Path) -> dict[str, Any]:
-    """A new version of a model already here: same tensors (checked against the graph by the
+def _extend(existing: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """A new version of a model already here: same tensors (checked against the file by the
     repository check), same task and labels."""
-    return {**existing, "versions": [*existing.get("versions", []), _version(source, version)]}
+    return {**existing, "versions": [*existing.get("versions", []), entry]}
+
+
+def _copy_tree(source: Path, dest: Path) -> None:
+    shutil.copytree(source, dest)
+
+
+def _copy_file(source: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True)
+    shutil.copyfile(source, dest)
 
 
 def _onnx_metadata(path: Path) -> dict[str, str]:
@@ -158,21 +235,19 @@ def split_list(value: str | None) -> list[str] | None:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _new(source: Path, o: ImportOptions, found: dict[str, str], version: str) -> dict[str, Any]:
-    inputs, outputs = graph_tensors(source)
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise ModelLoadError(f"{source}: imaging models take one input and one output tensor; "
-                             f"the graph has {len(inputs)} and {len(outputs)}")
-    intended_use = o.intended_use or found.get("intended_use")
+def _new(
+    source: Path, o: ImportOptions, entry: dict[str, Any], *, task: str, x: TensorSpec,
+    y: TensorSpec, labels: list[str] | None, intended_use: str | None, description: str,
+    modalities: list[str] | None,
+) -> dict[str, Any]:
+    """A first manifest for a model: everything but preprocessing, which depends on the
+    format's own conventions."""
     if not intended_use:
         raise ModelLoadError(
             f"{source}: no intended-use statement (pass --intended-use, or set the model's "
             "`intended_use` metadata): every result must say what the model is for")
-    (x,), (y,) = inputs, outputs
-    task = o.task or found.get("task") or ("detection" if len(y.shape) == 5 else "classification")
     if task not in CONTENT_TYPES:
         raise ModelLoadError(f"{source}: task must be classification or detection")
-    labels = o.labels or split_list(found.get("labels"))
     if labels is None and task == "detection":
         labels = ["nodule"]
     if labels is None:
@@ -182,15 +257,14 @@ def _new(source: Path, o: ImportOptions, found: dict[str, str], version: str) ->
         "kind": "imaging",
         "name": o.name,
         "task": task,
-        "description": o.description or found.get("description", ""),
-        "modalities": o.modalities or split_list(found.get("modalities")) or MODALITIES[task],
+        "description": description,
+        "modalities": modalities or MODALITIES[task],
         "content_types": CONTENT_TYPES[task],
         "labels": labels,
         "inputs": [_batched(x)],
         "outputs": [_batched(y)],
-        "preprocessing": _preprocessing(source, task, x),
-        "versions": [_version(source, version)],
-        "default_version": version,
+        "versions": [entry],
+        "default_version": entry["version"],
         "slo": {"latency_threshold_s": LATENCY_THRESHOLD_S[task]},
         "intended_use": " ".join(intended_use.split()),
     }
@@ -217,3 +291,9 @@ def _preprocessing(source: Path, task: str, x: TensorSpec) -> dict[str, Any]:
 def _yaml(doc: dict[str, Any]) -> str:
     return ("# Written by `medserve models import`; edit freely (batching, scaling, slo...).\n"
             + yaml.safe_dump(doc, sort_keys=False, width=100))
+
+
+PLANNERS: dict[str, Callable[[Path, ImportOptions, dict[str, Any] | None], Plan]] = {
+    "onnx": _onnx_plan,
+    "monai_bundle": _bundle_plan,
+}

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from serving.errors import ModelLoadError
+from serving.repository.monai_bundle import load_bundle_network
 from serving.schema.base import Weights
 from serving.schema.imaging import Architecture
 
@@ -139,6 +140,8 @@ def load_network(
     is the manifest's output tensor); with one, it is that architecture's backbone."""
     if weights.format == "onnx":
         raise ModelLoadError(f"{path}: an ONNX model runs on ONNX Runtime, not torch")
+    if weights.format == "monai_bundle":  # the version folder is the bundle: models/<file>
+        return load_bundle_network(path.parents[1], path, device)
     if arch is None and weights.format != "torchscript":
         raise ModelLoadError(f"{path}: {weights.format} weights need an architecture")
     try:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from serving.errors import ModelLoadError
 from serving.repository.checksums import sha256_file
+from serving.repository.monai_bundle import load_bundle_network
 from serving.repository.onnx_graph import check_onnx
 from serving.schema.cluster import ClusterConfig
 from serving.schema.imaging import ModelManifest, ModelVersion
@@ -150,11 +151,14 @@ class Repository:
 
     def check(self) -> None:
         """Raise on the first manifest or weights problem: checksums, and for files that carry
-        their own graph (ONNX), that the graph is valid, runnable here and as declared."""
+        their own graph, that it loads here (an ONNX graph valid, runnable and as declared; a
+        MONAI bundle's network built and its weights loaded)."""
         for manifest, version in self.iter_versions():
             path = self.verify(manifest.name, version)
             if version.weights.format == "onnx":
                 check_onnx(path, manifest.inputs, manifest.outputs)
+            elif version.weights.format == "monai_bundle":
+                load_bundle_network(path.parents[1], path, "cpu")
         for _, _, f in self.iter_llm_files():
             self.verify_file(f)
 

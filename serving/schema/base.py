@@ -23,12 +23,13 @@ class Strict(BaseModel):
 
 class Weights(Strict):
     file: str = Field(description="Weights file, relative to the version folder.")
-    format: Literal["safetensors", "state_dict", "torchscript", "onnx"] = Field(
+    format: Literal["safetensors", "state_dict", "torchscript", "onnx", "monai_bundle"] = Field(
         "safetensors",
         description="How the file is loaded: safetensors or state_dict (weights of the "
         "manifest's architecture), torchscript (the architecture's backbone, or the whole "
         "network when the manifest names no architecture), onnx (the whole network, run by "
-        "ONNX Runtime).",
+        "ONNX Runtime), monai_bundle (models/model.ts or models/model.pt of the MONAI bundle "
+        "that is the version folder).",
     )
     sha256: str = Field(description="Expected SHA-256 of the file; checked at load.")
     demo_seed: int | None = Field(

@@ -211,9 +211,22 @@ def test_import_refuses_what_it_cannot_serve(tmp_path: Path, cxr_onnx: Path) -> 
     assert not any(repo.glob("*/manifest.yaml")) if repo.exists() else True
 
 
+def readme_import_examples() -> list[str]:
+    """The bash blocks of the README's "Importing a model" section, in order."""
+    section = (ROOT / "README.md").read_text().split("### Importing a model")[1]
+    return re.findall(r"```bash\n(.*?)```", section.split("\n### ")[0], re.S)
+
+
+def run_readme_block(code: str, cwd: Path, repo: Path) -> None:
+    env = dict(os.environ, MEDSERVE_MODEL_REPO=str(repo),
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_the_readme_import_example_runs_as_written(tmp_path: Path) -> None:
-    readme = (ROOT / "README.md").read_text().split("### Importing a model")[1]
-    (code,) = re.findall(r"```bash\n(.*?)```", readme.split("\n### ")[0], re.S)
+    code = readme_import_examples()[0]
     for name, seed in (("vendor-cxr.onnx", 0), ("vendor-cxr-v2.onnx", 1)):
         torch.manual_seed(seed)
         net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.AdaptiveAvgPool2d(1),
@@ -221,11 +234,7 @@ def test_the_readme_import_example_runs_as_written(tmp_path: Path) -> None:
         torch.onnx.export(net, (torch.zeros(1, 1, 64, 64),), str(tmp_path / name), dynamo=False,
                           input_names=["image"], output_names=["probabilities"],
                           dynamic_axes={"image": {0: "n"}, "probabilities": {0: "n"}})
-    env = dict(os.environ, MEDSERVE_MODEL_REPO=str(tmp_path / "repo"),
-               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    run_readme_block(code, tmp_path, tmp_path / "repo")
     manifest = load_repository(tmp_path / "repo").manifest("vendor-cxr")
     assert [v.version for v in manifest.versions] == ["1", "2"]
     assert manifest.labels == ["Atelectasis", "Cardiomegaly", "Effusion"]

@@ -1,0 +1,144 @@
+"""MONAI bundles made with MONAI's own bundle API around a real MONAI network: imported with
+`medserve models import`, served through the torch backend with the bundle's activation, and
+refused with a clear message when incomplete or of a kind not served (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ckpt_export, init_bundle
+from monai.networks.nets import DenseNet
+from typer.testing import CliRunner
+
+from serving.backends.torch_backend import TorchBackend
+from serving.cli.main import app
+from serving.errors import ModelLoadError
+from serving.repository.importer import ImportOptions, import_model
+from serving.repository.store import load_repository
+from tests.unit.test_onnx import readme_import_examples, run_readme_block
+
+INTENDED = "Decision support: sorts chest radiographs by view for reading lists; a human checks."
+LABELS = ["frontal", "lateral", "other"]
+NETWORK_DEF = {"_target_": "DenseNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 3,
+               "init_features": 8, "growth_rate": 8, "block_config": [2, 2]}
+
+
+def metadata(output_format: str = "classes", intended_use: str | None = INTENDED) -> dict:
+    doc = {
+        "version": "0.2.0", "task": "Chest radiograph view classification",
+        "description": "Which view a chest radiograph shows.",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "magnitude", "modality": "DX",
+                                 "num_channels": 1, "spatial_shape": [64, 64],
+                                 "dtype": "float32", "value_range": [0, 1],
+                                 "channel_def": {"0": "image"}}},
+            "outputs": {"pred": {"type": "probabilities", "format": output_format,
+                                 "num_channels": 3, "spatial_shape": [1, 3],
+                                 "dtype": "float32", "channel_def": dict(enumerate(LABELS))}},
+        },
+    }
+    if intended_use:
+        doc["intended_use"] = intended_use
+    return doc
+
+
+INFERENCE = {
+    "imports": ["$import glob"],
+    "bundle_root": ".",
+    "device": "$torch.device('cpu')",
+    "network_def": NETWORK_DEF,
+    "network": "$@network_def.to(@device)",
+    "postprocessing": {"_target_": "Compose", "transforms": [
+        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]},
+}
+
+
+def network(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return DenseNet(**{k: v for k, v in NETWORK_DEF.items() if k != "_target_"}).eval()
+
+
+def make_bundle(root: Path, torchscript: bool = False, **meta: object) -> Path:
+    init_bundle(root, network=network(), metadata_str=metadata(**meta), inference_str=INFERENCE)
+    if torchscript:  # the zoo's exported form, made by MONAI's own exporter
+        ckpt_export(net_id="network_def", filepath=str(root / "models" / "model.ts"),
+                    ckpt_file=str(root / "models" / "model.pt"),
+                    meta_file=str(root / "configs" / "metadata.json"),
+                    config_file=str(root / "configs" / "inference.json"))
+        (root / "models" / "model.pt").unlink()
+    return root
+
+
+def images() -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    return [rng.random((n, 1, 64, 64), dtype=np.float32) for n in (2, 1)]
+
+
+@pytest.mark.parametrize("torchscript", [False, True], ids=["network_def", "torchscript"])
+def test_an_imported_bundle_answers_as_its_network_and_activation(
+    tmp_path: Path, torchscript: bool
+) -> None:
+    bundle = make_bundle(tmp_path / "view_classifier", torchscript=torchscript)
+    repo = tmp_path / "repo"
+    done = CliRunner().invoke(app, ["models", "import", str(bundle), "--name", "cxr-view",
+                                    "--repo", str(repo)])
+    assert done.exit_code == 0, done.output
+    loaded = load_repository(repo)
+    manifest = loaded.manifest("cxr-view")
+    (version,) = manifest.versions
+    assert version.version == "0.2.0"  # the bundle's own version
+    assert version.weights.format == "monai_bundle"
+    assert version.weights.file == ("models/model.ts" if torchscript else "models/model.pt")
+    assert manifest.labels == LABELS and manifest.intended_use == INTENDED
+    assert manifest.modalities == ["DX"] and manifest.task == "classification"
+    assert manifest.inputs[0].shape == [-1, 1, 64, 64]
+    assert manifest.preprocessing.spatial_size == (64, 64)
+    assert (manifest.preprocessing.mean, manifest.preprocessing.std) == (0.0, 1.0)
+    assert (repo / "cxr-view" / "0.2.0" / "configs" / "inference.json").is_file()
+
+    backend = TorchBackend(manifest, version, loaded.verify("cxr-view", version), "cpu")
+    got = asyncio.run(backend.run(images()))
+    with torch.no_grad():
+        want = [torch.softmax(network()(torch.from_numpy(x)), 1).numpy() for x in images()]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+        np.testing.assert_allclose(g.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_incomplete_or_unserved_bundles_are_refused_at_import(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    options = ImportOptions(name="view")
+    broken = make_bundle(tmp_path / "broken")
+    (broken / "configs" / "metadata.json").write_text("{ not json")
+    with pytest.raises(ModelLoadError, match=r"metadata\.json: not valid JSON"):
+        import_model(repo, broken, options)
+
+    no_use = make_bundle(tmp_path / "no_use", intended_use=None)
+    with pytest.raises(ModelLoadError, match="no intended-use statement"):
+        import_model(repo, no_use, options)
+
+    segmentation = make_bundle(tmp_path / "seg", output_format="segmentation")
+    with pytest.raises(ModelLoadError, match="segmentation bundles are not served yet"):
+        import_model(repo, segmentation, options)
+
+    mismatched = make_bundle(tmp_path / "mismatched")
+    config = json.loads((mismatched / "configs" / "inference.json").read_text())
+    config["network_def"]["growth_rate"] = 16  # the weights no longer fit the network
+    (mismatched / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"model\.pt: cannot load the bundle's network"):
+        import_model(repo, mismatched, options)
+    assert not (repo / "view").exists()  # nothing left behind by any of them
+
+
+def test_the_readme_bundle_import_example_runs_as_written(tmp_path: Path) -> None:
+    code = readme_import_examples()[1]
+    (tmp_path / "path" / "to").mkdir(parents=True)
+    make_bundle(tmp_path / "path" / "to" / "bundle")
+    run_readme_block(code, tmp_path, tmp_path / "repo")
+    assert load_repository(tmp_path / "repo").manifest("cxr-view").labels == LABELS
