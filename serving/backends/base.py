@@ -11,6 +11,8 @@ from typing import Protocol
 
 import numpy as np
 
+from serving.errors import Unavailable
+
 
 class Backend(Protocol):
     async def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]: ...
@@ -37,3 +39,17 @@ def run_in_chunks(
     chunks = [forward(batch[i : i + chunk]) for i in range(0, len(batch), chunk)]
     out = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
     return np.split(out, np.cumsum(sizes)[:-1])
+
+
+class NotLoaded:
+    """The backend of a model whose load failed: never ready, and every call a retryable 503
+    at once, so one broken model leaves the others serving and says which one it is."""
+
+    def __init__(self, message: str) -> None:
+        self.error = Unavailable(message, retry_after_s=30, reason="not_ready")
+
+    async def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        raise self.error
+
+    def ready(self) -> bool:
+        return False

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from ray import serve
 
-from serving.backends.base import Backend
+from serving.backends.base import Backend, NotLoaded
 from serving.backends.batching import Batcher
 from serving.backends.onnx_backend import OnnxBackend
 from serving.backends.torch_backend import TorchBackend
@@ -26,7 +26,7 @@ from serving.backends.triton_backend import TritonBackend
 from serving.errors import ModelLoadError
 from serving.imaging.pipeline import Payload, make_pipeline
 from serving.observability.metrics import ModelMetrics, batch_buckets, latency_buckets
-from serving.repository.store import load_repository
+from serving.repository.store import Repository, load_repository
 
 log = logging.getLogger("ray.serve")
 
@@ -48,21 +48,14 @@ class ImagingModel:
             repo = repo.with_backends({model: backend})
         self.manifest = repo.manifest(model)
         self.version = version
-        v = self.manifest.version(version)
         self.backend: Backend
-        runtime = self.manifest.runtime(version)
-        if runtime == "triton":
-            if not triton_url:
-                raise ModelLoadError(f"{model}: backend triton needs a Triton URL")
-            self.backend = TritonBackend(self.manifest, v, triton_url)
-        else:
-            res = self.manifest.resources
-            threads = res.threads or max(1, math.ceil(res.cpus))
-            path = repo.verify(model, v)
-            if runtime == "onnxruntime":
-                self.backend = OnnxBackend(self.manifest, path, _device(), threads)
-            else:
-                self.backend = TorchBackend(self.manifest, v, path, _device(), threads)
+        try:
+            self.backend = self._load(repo, triton_url)
+        except ModelLoadError as exc:
+            # This model only: the others keep serving, and its readiness says it is not.
+            # The message names files and checksums, never request data.
+            log.error("%s version %s failed to load: %s", model, version, exc.message)
+            self.backend = NotLoaded(f"{model} version {version} failed to load")
         self.pipeline = make_pipeline(self.manifest)
         # Buckets from the whole repository: every process must register identical buckets.
         models = [*repo.models.values(), *repo.llms.values()]
@@ -73,8 +66,27 @@ class ImagingModel:
         self.metrics.keep_ready(self.backend.ready)
         log.info("loaded %s version %s on %s", model, version, _device())
 
+    def _load(self, repo: Repository, triton_url: str | None) -> Backend:
+        m, v = self.manifest, self.manifest.version(self.version)
+        runtime = m.runtime(self.version)
+        if runtime == "triton":
+            if not triton_url:
+                raise ModelLoadError(f"{m.name}: backend triton needs a Triton URL")
+            return TritonBackend(m, v, triton_url)
+        res = m.resources
+        threads = res.threads or max(1, math.ceil(res.cpus))
+        path = repo.verify(m.name, v)
+        if runtime == "onnxruntime":
+            return OnnxBackend(m, path, _device(), threads)
+        return TorchBackend(m, v, path, _device(), threads)
+
     def ready(self) -> bool:
         return self.backend.ready()
+
+    def _check_loaded(self) -> None:
+        """A model that failed to load answers its 503 before any decoding."""
+        if isinstance(self.backend, NotLoaded):
+            raise self.backend.error
 
     def check_health(self) -> None:
         """Liveness of this replica only. A backend that is not ready (Triton down) shows in
@@ -82,6 +94,7 @@ class ImagingModel:
 
     async def predict(self, payload: Payload) -> dict[str, Any]:
         """Full pipeline for one study; returns findings and timings in milliseconds."""
+        self._check_loaded()
         t0 = time.perf_counter()
         x, context = await asyncio.to_thread(self.pipeline.prepare, payload)
         t1 = time.perf_counter()
@@ -102,6 +115,7 @@ class ImagingModel:
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw tensors in, raw tensors out (the OIP path); inputs are validated upstream."""
+        self._check_loaded()
         (x,) = inputs.values()
         y, _, _ = await self.batcher(x.astype(np.float32, copy=False))
         return {self.manifest.outputs[0].name: y}

@@ -1,0 +1,39 @@
+"""A model whose load fails stops only itself: its replica stays up, says it is not ready and
+answers a fast retryable 503, while the other models of the repository load and serve (the
+imaging deployment class, without Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serving.deployments.imaging import ImagingModel
+from serving.errors import Unavailable
+from serving.imaging.pipeline import Payload
+from serving.testing.samples import make_png
+from serving.triton.build import copy_with_backend
+from tests.conftest import MODEL_REPO
+
+Replica = ImagingModel.func_or_class  # the class Serve instantiates in each replica
+
+
+def test_a_model_that_fails_to_load_leaves_the_others_serving(tmp_path: Path) -> None:
+    repo = copy_with_backend(MODEL_REPO, tmp_path / "repo", ["cxr-triage", "lung-nodule-ct"],
+                             backend="torch")
+    manifest = repo / "cxr-triage" / "manifest.yaml"
+    doc = yaml.safe_load(manifest.read_text())
+    doc["versions"][0]["weights"]["sha256"] = "0" * 64  # the file no longer matches
+    manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    broken = Replica(str(repo), "cxr-triage", "1")
+    assert broken.ready() is False
+    with pytest.raises(Unavailable) as refused:
+        asyncio.run(broken.predict(Payload("image/png", [make_png()])))
+    assert refused.value.status_code == 503 and refused.value.retry_after_s
+    assert "cxr-triage version 1 failed to load" in refused.value.message
+
+    healthy = Replica(str(repo), "lung-nodule-ct", "1")
+    assert healthy.ready() is True
