@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from serving.errors import ModelLoadError
-from serving.schema.llm import Adapter, LLMManifest, LLMVersion
+from serving.schema.llm import Adapter, LlamaArchitecture, LLMManifest, LLMVersion, TokenizerSpec
 
 TOKENIZER_FILE = "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -31,10 +31,18 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_STD = 0.05
 
 
+def demo_spec(manifest: LLMManifest) -> tuple[LlamaArchitecture, TokenizerSpec]:
+    """The demo's architecture and tokenizer recipe (the schema requires both where a version
+    is built from a seed)."""
+    if manifest.architecture is None or manifest.tokenizer is None:
+        raise ModelLoadError(f"{manifest.name}: building needs architecture and tokenizer")
+    return manifest.architecture, manifest.tokenizer
+
+
 def llama_config(manifest: LLMManifest, vocab_size: int, special: dict[str, int]) -> Any:
     from transformers import LlamaConfig
 
-    a = manifest.architecture
+    a = demo_spec(manifest)[0]
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=a.hidden_size,
@@ -58,7 +66,7 @@ def train_tokenizer(manifest: LLMManifest, model_dir: Path, out: Path) -> dict[s
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    spec = manifest.tokenizer
+    spec = demo_spec(manifest)[1]
     corpus = model_dir / spec.corpus
     if not corpus.is_file():
         raise ModelLoadError(f"{corpus}: tokenizer corpus is missing")
@@ -155,7 +163,7 @@ def build_version(
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     special = train_tokenizer(manifest, model_dir, out)
-    shutil.copyfile(model_dir / manifest.tokenizer.chat_template, out / CHAT_TEMPLATE_FILE)
+    shutil.copyfile(model_dir / demo_spec(manifest)[1].chat_template, out / CHAT_TEMPLATE_FILE)
     config = llama_config(manifest, special["vocab"], special)
     config.save_pretrained(str(out))
     _generation_config(config).save_pretrained(str(out))
@@ -193,6 +201,8 @@ def build_llm(repo: Any, name: str, force: bool = False) -> list[Path]:
     manifest: LLMManifest = repo.llms[name]
     written: list[Path] = []
     for version in manifest.versions:
+        if version.weights.demo_seed is None:
+            continue  # a real checkpoint is delivered (or imported), not built
         files = repo.llm_files(name, version.version)
         base = repo.version_dir(name, version.version)
         stale = {str(f.path.relative_to(base)) for f in files if repo.file_status(f) != "ok"}

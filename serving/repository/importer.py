@@ -8,6 +8,7 @@ from the file's own metadata (ONNX `metadata_props` keys `task`, `labels` (a JSO
 comma-separated), `modalities`, `description`, `intended_use`). A MONAI bundle describes
 itself in `configs/metadata.json`: its tensors (`network_data_format`), labels
 (`channel_def`), version and intended use; the whole bundle becomes the version folder. A
+Hugging Face causal-LM folder becomes an LLM (`kind: llm`) the same way. A
 model with no intended-use statement is refused: every Medserve result carries one, and a
 clinician must be able to read what the model is for.
 """
@@ -28,14 +29,15 @@ from pydantic import ValidationError
 
 from serving.errors import ModelLoadError
 from serving.repository.checksums import sha256_file
+from serving.repository.hf_checkpoint import WEIGHTS, check_checkpoint, context_limit
 from serving.repository.monai_bundle import read_bundle
 from serving.repository.onnx_graph import graph_tensors
 from serving.repository.store import MANIFEST, describe, load_repository
 from serving.schema.base import VERSION
 from serving.schema.imaging import ModelManifest, TensorSpec
+from serving.schema.llm import LLMManifest
 
 NOT_YET = {
-    "hf_checkpoint": "a Hugging Face checkpoint folder",
     "peft_adapter": "a PEFT adapter folder",
     "gguf": "a GGUF file",
     "torchscript": "a TorchScript file (its input shape is not in the file: write the manifest "
@@ -47,6 +49,12 @@ CONTENT_TYPES = {
 }
 MODALITIES = {"classification": ["CR", "DX"], "detection": ["CT"]}
 LATENCY_THRESHOLD_S = {"classification": 1.0, "detection": 10.0}  # a start: tune per model
+DEFAULT_CONTEXT_WINDOW = 512  # fits the CPU engine's default KV cache; raise it with the cache
+SYSTEM_PROMPT = (
+    "You are a clinical decision-support assistant for licensed clinicians. Your answers are "
+    "decision support only: they are not a diagnosis, they may be wrong, and the treating "
+    "clinician makes the final decision. Say when information is missing."
+)
 
 
 @dataclass(frozen=True)
@@ -82,12 +90,13 @@ def detect_format(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """What an import writes: the manifest, the version label, and how the version folder is
-    filled from the source."""
+    """What an import writes: the manifest (validated with `schema`), the version label, and
+    how the version folder is filled from the source."""
 
     doc: dict[str, Any]
     version: str
     fill: Callable[[Path], None]
+    schema: type[ModelManifest] | type[LLMManifest] = ModelManifest
 
 
 def import_model(repo_root: Path, source: Path, options: ImportOptions) -> Path:
@@ -97,10 +106,10 @@ def import_model(repo_root: Path, source: Path, options: ImportOptions) -> Path:
     if fmt not in PLANNERS:
         raise ModelLoadError(f"{source}: importing {NOT_YET[fmt]} is not supported yet")
     manifest_path = repo_root / options.name / MANIFEST
-    existing = _existing(manifest_path)
+    existing = _existing(manifest_path, "llm" if fmt == "hf_checkpoint" else "imaging")
     plan = PLANNERS[fmt](source, options, existing)
     try:
-        ModelManifest.model_validate(plan.doc)
+        plan.schema.model_validate(plan.doc)
     except ValidationError as exc:
         raise ModelLoadError(f"{source}: the manifest it would get is invalid: "
                              f"{describe(exc)}") from None
@@ -182,12 +191,12 @@ def _bundle_plan(source: Path, o: ImportOptions, existing: dict[str, Any] | None
     return Plan(doc, version, lambda target: _copy_tree(source, target))
 
 
-def _existing(path: Path) -> dict[str, Any] | None:
+def _existing(path: Path, kind: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     raw = yaml.safe_load(path.read_text())
-    if not isinstance(raw, dict) or raw.get("kind", "imaging") != "imaging":
-        raise ModelLoadError(f"{path}: not an imaging manifest; import under another --name")
+    if not isinstance(raw, dict) or raw.get("kind", "imaging") != kind:
+        raise ModelLoadError(f"{path}: not an {kind} manifest; import under another --name")
     return raw
 
 
@@ -195,6 +204,36 @@ def _next_version(existing: dict[str, Any] | None) -> str:
     labels = [str(v.get("version")) for v in (existing or {}).get("versions", [])]
     numbers = [int(v) for v in labels if v.isdigit()]
     return str(max(numbers, default=0) + 1)
+
+
+def _hf_plan(source: Path, o: ImportOptions, existing: dict[str, Any] | None) -> Plan:
+    """A Hugging Face causal-LM folder (any architecture transformers knows) as an LLM, served
+    by the engines with `from_pretrained`; its tokenizer and chat template come with it."""
+    limit = context_limit(source)
+    window = min(DEFAULT_CONTEXT_WINDOW, limit or DEFAULT_CONTEXT_WINDOW)
+    check_checkpoint(source, window)
+    version = o.version or _next_version(existing)
+    entry = _version(version, WEIGHTS, "safetensors", source / WEIGHTS)
+    if (source / "tokenizer.json").is_file():
+        entry["tokenizer_sha256"] = sha256_file(source / "tokenizer.json")
+    if existing:
+        doc = _extend(existing, entry)
+    else:
+        intended_use = o.intended_use
+        if not intended_use:
+            raise ModelLoadError(f"{source}: no intended-use statement (pass --intended-use): "
+                                 "every reply must say what the model is for")
+        model_type = yaml.safe_load((source / "config.json").read_text()).get("model_type")
+        doc = {
+            "kind": "llm", "name": o.name,
+            "description": o.description or f"{model_type} checkpoint",
+            "versions": [entry], "default_version": version,
+            "engine": {"context_window": window},
+            "slo": {"ttft_threshold_s": 1.0, "itl_threshold_s": 0.25},
+            "system_prompt": SYSTEM_PROMPT,
+            "intended_use": " ".join(intended_use.split()),
+        }
+    return Plan(doc, version, lambda target: _copy_tree(source, target), LLMManifest)
 
 
 def _version(version: str, file: str, fmt: str, source_file: Path) -> dict[str, Any]:
@@ -296,4 +335,5 @@ def _yaml(doc: dict[str, Any]) -> str:
 PLANNERS: dict[str, Callable[[Path, ImportOptions, dict[str, Any] | None], Plan]] = {
     "onnx": _onnx_plan,
     "monai_bundle": _bundle_plan,
+    "hf_checkpoint": _hf_plan,
 }

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from serving.errors import ModelLoadError
 from serving.repository.checksums import sha256_file
+from serving.repository.hf_checkpoint import check_checkpoint
 from serving.repository.monai_bundle import load_bundle_network
 from serving.repository.onnx_graph import check_onnx
 from serving.schema.cluster import ClusterConfig
@@ -152,7 +153,8 @@ class Repository:
     def check(self) -> None:
         """Raise on the first manifest or weights problem: checksums, and for files that carry
         their own graph, that it loads here (an ONNX graph valid, runnable and as declared; a
-        MONAI bundle's network built and its weights loaded)."""
+        MONAI bundle's network built and its weights loaded; an LLM checkpoint's architecture,
+        tokenizer and chat template)."""
         for manifest, version in self.iter_versions():
             path = self.verify(manifest.name, version)
             if version.weights.format == "onnx":
@@ -161,6 +163,9 @@ class Repository:
                 load_bundle_network(path.parents[1], path, "cpu")
         for _, _, f in self.iter_llm_files():
             self.verify_file(f)
+        for llm in self.llms.values():
+            for v in llm.versions:  # any causal LM transformers knows, with its tokenizer
+                check_checkpoint(self.version_dir(llm.name, v.version), llm.engine.context_window)
 
 
 def load_manifest(path: Path) -> ModelManifest | LLMManifest:

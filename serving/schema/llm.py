@@ -1,5 +1,9 @@
 """Manifest schema of a clinical LLM: base checkpoint, tokenizer, adapters, engine, SLO.
 
+The checkpoint is a Hugging Face causal-LM folder of any architecture transformers knows
+(serving/repository/hf_checkpoint.py checks it); `architecture` and `tokenizer` describe the
+Llama demo that `medserve build-weights` makes from a seed, one case rather than the rule.
+
 An LLM manifest says `kind: llm`; the repository loader picks this schema by that key, and
 unknown keys are errors here exactly as for imaging manifests.
 """
@@ -126,8 +130,15 @@ class LLMSLO(Strict):
 
 class LLMManifest(ManifestBase[LLMVersion]):
     kind: Literal["llm"] = Field(description="Selects this schema in the repository loader.")
-    architecture: LlamaArchitecture
-    tokenizer: TokenizerSpec
+    architecture: LlamaArchitecture | None = Field(
+        None,
+        description="The demo checkpoint `medserve build-weights` makes; omitted for a "
+        "checkpoint folder, whose config.json names its architecture.",
+    )
+    tokenizer: TokenizerSpec | None = Field(
+        None, description="How build-weights trains the demo tokenizer; omitted for a checkpoint "
+        "folder, which has its own tokenizer and chat template.",
+    )
     adapters: list[Adapter] = Field(default_factory=list, description="Specialist LoRA adapters.")
     engine: EngineSpec = Field(default_factory=EngineSpec)
     slo: LLMSLO
@@ -140,7 +151,12 @@ class LLMManifest(ManifestBase[LLMVersion]):
         names = [a.name for a in self.adapters]
         if len(set(names)) != len(names):
             raise ValueError("adapter names must be unique")
-        if self.engine.context_window > self.architecture.max_position_embeddings:
+        built = [v.version for v in self.versions if v.weights.demo_seed is not None]
+        if built and (self.architecture is None or self.tokenizer is None):
+            raise ValueError(f"versions {', '.join(built)} are built from a seed: name the "
+                             "architecture and tokenizer")
+        if (self.architecture is not None
+                and self.engine.context_window > self.architecture.max_position_embeddings):
             raise ValueError("engine.context_window exceeds architecture.max_position_embeddings")
         e = self.engine
         if e.page_size * min(e.num_blocks, e.adapter_num_blocks) < e.context_window:

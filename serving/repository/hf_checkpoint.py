@@ -1,0 +1,71 @@
+"""Hugging Face causal-LM checkpoint folders, checked before anything is served: transformers
+knows the architecture its `config.json` names as a causal LM, the context window fits it, and
+the tokenizer and chat template are there. The engines load the folder with `from_pretrained`,
+so any architecture transformers (or vLLM) has works; nothing here is Llama-specific.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from serving.errors import ModelLoadError
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+CHAT_TEMPLATE = "chat_template.jinja"
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: missing (not a Hugging Face checkpoint folder)") from None
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ModelLoadError(f"{path}: must hold a JSON object")
+    return doc
+
+
+def context_limit(folder: Path) -> int | None:
+    """The longest sequence the checkpoint's config allows, where it says so."""
+    config = _json(folder / CONFIG)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(config.get(key), int):
+            return int(config[key])
+    return None
+
+
+def check_checkpoint(folder: Path, context_window: int) -> None:
+    """Raise a ModelLoadError naming the file and the problem, or return."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = _json(folder / CONFIG)
+    model_type = config.get("model_type")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelLoadError(f"{folder / CONFIG}: model_type {model_type!r} is not a causal LM "
+                             "this transformers release knows")
+    try:
+        AutoConfig.from_pretrained(str(folder))
+    except Exception as exc:  # transformers raises ValueError, KeyError, OSError...
+        text = " ".join(str(exc).split())[:300]
+        raise ModelLoadError(f"{folder / CONFIG}: transformers cannot read it ({text})") from None
+    if not (folder / WEIGHTS).is_file():
+        raise ModelLoadError(f"{folder}: no {WEIGHTS} (one safetensors file is served; merge "
+                             "shards with `save_pretrained(max_shard_size=...)`)")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"{folder}: no tokenizer ({' or '.join(TOKENIZER_FILES)})")
+    tokenizer_config = folder / "tokenizer_config.json"
+    has_template = (folder / CHAT_TEMPLATE).is_file() or (
+        tokenizer_config.is_file() and bool(_json(tokenizer_config).get("chat_template")))
+    if not has_template:
+        raise ModelLoadError(f"{folder}: no chat template ({CHAT_TEMPLATE}, or chat_template in "
+                             "tokenizer_config.json): chats cannot be formatted")
+    limit = context_limit(folder)
+    if limit is not None and context_window > limit:
+        raise ModelLoadError(f"{folder / CONFIG}: the engine's context_window {context_window} "
+                             f"exceeds the model's {limit} positions")
