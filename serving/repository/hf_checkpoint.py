@@ -69,3 +69,22 @@ def check_checkpoint(folder: Path, context_window: int) -> None:
     if limit is not None and context_window > limit:
         raise ModelLoadError(f"{folder / CONFIG}: the engine's context_window {context_window} "
                              f"exceeds the model's {limit} positions")
+
+
+def dequantize_gguf(gguf: Path, out: Path) -> None:
+    """Write `gguf` as a Hugging Face checkpoint folder: weights dequantized to fp32 safetensors
+    (once, so serving never reads GGUF), tokenizer and chat template from the file's metadata."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+            quantization_config=GgufConfig(dequantize=True),
+        )
+    except Exception as exc:  # gguf and transformers raise ValueError, KeyError, OSError...
+        text = " ".join(str(exc).split())[:300]
+        raise ModelLoadError(f"{gguf}: cannot read it as a causal LM ({text})") from None
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))

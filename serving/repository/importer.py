@@ -8,7 +8,8 @@ from the file's own metadata (ONNX `metadata_props` keys `task`, `labels` (a JSO
 comma-separated), `modalities`, `description`, `intended_use`). A MONAI bundle describes
 itself in `configs/metadata.json`: its tensors (`network_data_format`), labels
 (`channel_def`), version and intended use; the whole bundle becomes the version folder. A
-Hugging Face causal-LM folder becomes an LLM (`kind: llm`) the same way. A
+Hugging Face causal-LM folder becomes an LLM (`kind: llm`) the same way, and so does a GGUF
+file, dequantized once into such a folder. A
 model with no intended-use statement is refused: every Medserve result carries one, and a
 clinician must be able to read what the model is for.
 """
@@ -18,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,12 @@ from pydantic import ValidationError
 
 from serving.errors import ModelLoadError
 from serving.repository.checksums import sha256_file
-from serving.repository.hf_checkpoint import WEIGHTS, check_checkpoint, context_limit
+from serving.repository.hf_checkpoint import (
+    WEIGHTS,
+    check_checkpoint,
+    context_limit,
+    dequantize_gguf,
+)
 from serving.repository.monai_bundle import read_bundle
 from serving.repository.onnx_graph import graph_tensors
 from serving.repository.store import MANIFEST, describe, load_repository
@@ -39,7 +46,6 @@ from serving.schema.llm import LLMManifest
 
 NOT_YET = {
     "peft_adapter": "a PEFT adapter folder",
-    "gguf": "a GGUF file",
     "torchscript": "a TorchScript file (its input shape is not in the file: write the manifest "
     "by hand, `weights.format: torchscript`)",
 }
@@ -236,6 +242,27 @@ def _hf_plan(source: Path, o: ImportOptions, existing: dict[str, Any] | None) ->
     return Plan(doc, version, lambda target: _copy_tree(source, target), LLMManifest)
 
 
+def _gguf_plan(source: Path, o: ImportOptions, existing: dict[str, Any] | None) -> Plan:
+    """A GGUF file, dequantized once here into a safetensors checkpoint folder (transformers
+    reads GGUF with the `gguf` package), then imported as that folder."""
+    folder = Path(tempfile.mkdtemp(prefix="medserve-gguf-"))
+    try:
+        dequantize_gguf(source, folder)
+        o = replace(o, description=o.description or f"{source.name}, dequantized")
+        plan = _hf_plan(folder, o, existing)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+    def fill(target: Path) -> None:
+        try:
+            plan.fill(target)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    return replace(plan, fill=fill)
+
+
 def _version(version: str, file: str, fmt: str, source_file: Path) -> dict[str, Any]:
     return {"version": version, "weights": {"file": file, "format": fmt,
                                             "sha256": sha256_file(source_file)}}
@@ -336,4 +363,5 @@ PLANNERS: dict[str, Callable[[Path, ImportOptions, dict[str, Any] | None], Plan]
     "onnx": _onnx_plan,
     "monai_bundle": _bundle_plan,
     "hf_checkpoint": _hf_plan,
+    "gguf": _gguf_plan,
 }
