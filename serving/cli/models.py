@@ -71,8 +71,10 @@ def models_check(repo: RepoOpt = DEFAULT_REPO) -> None:
 
 @models_app.command("import")
 def models_import(
-    path: Annotated[Path, typer.Argument(help="Model file or folder to import (ONNX today).")],
-    name: Annotated[str, typer.Option(help="Model name in the repository (and every URL).")],
+    path: Annotated[Path, typer.Argument(
+        help="An ONNX or GGUF file, or a MONAI bundle, Hugging Face or PEFT folder.")],
+    name: Annotated[str, typer.Option(
+        help="Model name in the repository (and every URL); LLM:ADAPTER for a PEFT adapter.")],
     version: Annotated[
         str | None, typer.Option(help="Version label (default: the next integer).")
     ] = None,

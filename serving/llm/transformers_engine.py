@@ -25,6 +25,7 @@ import torch
 from serving.errors import MedserveError, Unavailable
 from serving.llm import sampling
 from serving.llm.engine import EngineKind, EngineStats, Progress, SamplingParams
+from serving.repository.hf_checkpoint import load_causal_lm
 from serving.schema.llm import EngineSpec
 
 log = logging.getLogger("ray.serve")
@@ -38,20 +39,6 @@ STOP_TIMEOUT_S = 30.0
 class GenerationFailed(MedserveError):
     status_code = 500
     error_type = "internal_error"
-
-
-def load_causal_lm(model_dir: Path, adapter_dir: Path | None = None) -> Any:
-    """Load a checkpoint folder as any transformers checkpoint; merge a PEFT adapter if given."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), dtype=torch.float32, attn_implementation="sdpa"
-    )
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    return model.eval()
 
 
 class BatchingLoop:

@@ -39,6 +39,21 @@ def context_limit(folder: Path) -> int | None:
     return None
 
 
+def load_causal_lm(model_dir: Path, adapter_dir: Path | None = None) -> Any:
+    """Load a checkpoint folder as any transformers checkpoint; merge a PEFT adapter if given."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=torch.float32, attn_implementation="sdpa"
+    )
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    return model.eval()
+
+
 def check_checkpoint(folder: Path, context_window: int) -> None:
     """Raise a ModelLoadError naming the file and the problem, or return."""
     from transformers import AutoConfig
@@ -88,3 +103,33 @@ def dequantize_gguf(gguf: Path, out: Path) -> None:
         raise ModelLoadError(f"{gguf}: cannot read it as a causal LM ({text})") from None
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def read_lora(folder: Path) -> dict[str, Any]:
+    """A PEFT LoRA adapter folder's rank, alpha and target modules."""
+    config = _json(folder / ADAPTER_CONFIG)
+    if config.get("peft_type") != "LORA":
+        raise ModelLoadError(f"{folder / ADAPTER_CONFIG}: peft_type "
+                             f"{config.get('peft_type')!r}: only LoRA adapters are served")
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise ModelLoadError(f"{folder}: no {ADAPTER_WEIGHTS}")
+    modules = config.get("target_modules")
+    if not isinstance(modules, list) or not modules:
+        raise ModelLoadError(f"{folder / ADAPTER_CONFIG}: target_modules must list the layers")
+    return {"rank": int(config["r"]), "alpha": int(config["lora_alpha"]),
+            "target_modules": sorted(str(m) for m in modules)}
+
+
+def check_adapter_fits(base: Path, adapter: Path) -> None:
+    """Load the adapter onto its base, as a replica does: a LoRA made for another base (other
+    layer names or sizes) fails here, named, instead of at the first request."""
+    try:
+        load_causal_lm(base, adapter)
+    except Exception as exc:  # peft raises RuntimeError (sizes), ValueError (modules)...
+        text = " ".join(str(exc).split())[:300]
+        raise ModelLoadError(f"{adapter}: does not fit the base model in {base} ({text})") \
+            from None

@@ -9,7 +9,8 @@ comma-separated), `modalities`, `description`, `intended_use`). A MONAI bundle d
 itself in `configs/metadata.json`: its tensors (`network_data_format`), labels
 (`channel_def`), version and intended use; the whole bundle becomes the version folder. A
 Hugging Face causal-LM folder becomes an LLM (`kind: llm`) the same way, and so does a GGUF
-file, dequantized once into such a folder. A
+file, dequantized once into such a folder. A PEFT LoRA folder becomes an adapter of an LLM
+already here (`--name LLM:ADAPTER`). A
 model with no intended-use statement is refused: every Medserve result carries one, and a
 clinician must be able to read what the model is for.
 """
@@ -32,10 +33,13 @@ from pydantic import ValidationError
 from serving.errors import ModelLoadError
 from serving.repository.checksums import sha256_file
 from serving.repository.hf_checkpoint import (
+    ADAPTER_WEIGHTS,
     WEIGHTS,
+    check_adapter_fits,
     check_checkpoint,
     context_limit,
     dequantize_gguf,
+    read_lora,
 )
 from serving.repository.monai_bundle import read_bundle
 from serving.repository.onnx_graph import graph_tensors
@@ -45,7 +49,6 @@ from serving.schema.imaging import ModelManifest, TensorSpec
 from serving.schema.llm import LLMManifest
 
 NOT_YET = {
-    "peft_adapter": "a PEFT adapter folder",
     "torchscript": "a TorchScript file (its input shape is not in the file: write the manifest "
     "by hand, `weights.format: torchscript`)",
 }
@@ -103,6 +106,7 @@ class Plan:
     version: str
     fill: Callable[[Path], None]
     schema: type[ModelManifest] | type[LLMManifest] = ModelManifest
+    folder: str | None = None  # what is written, under the model's folder (default: version)
 
 
 def import_model(repo_root: Path, source: Path, options: ImportOptions) -> Path:
@@ -111,17 +115,21 @@ def import_model(repo_root: Path, source: Path, options: ImportOptions) -> Path:
     fmt = detect_format(source)
     if fmt not in PLANNERS:
         raise ModelLoadError(f"{source}: importing {NOT_YET[fmt]} is not supported yet")
-    manifest_path = repo_root / options.name / MANIFEST
-    existing = _existing(manifest_path, "llm" if fmt == "hf_checkpoint" else "imaging")
+    model, _, adapter = options.name.partition(":")
+    if adapter and fmt != "peft_adapter":
+        raise ModelLoadError("NAME:ADAPTER names an adapter; only a PEFT folder is one")
+    manifest_path = repo_root / model / MANIFEST
+    is_llm = fmt in ("hf_checkpoint", "gguf", "peft_adapter")
+    existing = _existing(manifest_path, "llm" if is_llm else "imaging")
     plan = PLANNERS[fmt](source, options, existing)
     try:
         plan.schema.model_validate(plan.doc)
     except ValidationError as exc:
         raise ModelLoadError(f"{source}: the manifest it would get is invalid: "
                              f"{describe(exc)}") from None
-    target = repo_root / options.name / plan.version
+    target = repo_root / model / (plan.folder or plan.version)
     if target.exists():
-        raise ModelLoadError(f"{target} exists: choose another --version")
+        raise ModelLoadError(f"{target} exists: choose another --version or name")
     previous = manifest_path.read_text() if existing else None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -263,6 +271,32 @@ def _gguf_plan(source: Path, o: ImportOptions, existing: dict[str, Any] | None) 
     return replace(plan, fill=fill)
 
 
+def _peft_plan(source: Path, o: ImportOptions, existing: dict[str, Any] | None) -> Plan:
+    """A PEFT LoRA folder as a specialist adapter of an LLM already in the repository
+    (`--name LLM:ADAPTER`), added to its served version and loaded onto that base once here,
+    so an adapter made for another base is refused now rather than at its first request."""
+    model, _, adapter = o.name.partition(":")
+    if not adapter:
+        raise ModelLoadError(f"{source}: a PEFT adapter is imported as --name LLM:ADAPTER")
+    if existing is None:
+        raise ModelLoadError(f"{source}: no LLM {model!r} in the repository: import its base "
+                             "model first")
+    lora = read_lora(source)
+    if adapter in {a.get("name") for a in existing.get("adapters", [])}:
+        raise ModelLoadError(f"{model} has an adapter {adapter!r} already")
+    served = str(existing.get("default_version") or existing["versions"][-1]["version"])
+    entry = {"name": adapter, "description": o.description or f"LoRA adapter {adapter}",
+             **lora, "weights": {"file": f"adapters/{adapter}/{ADAPTER_WEIGHTS}",
+                                 "sha256": sha256_file(source / ADAPTER_WEIGHTS)}}
+    doc = {**existing, "adapters": [*existing.get("adapters", []), entry]}
+
+    def fill(target: Path) -> None:
+        shutil.copytree(source, target)
+        check_adapter_fits(target.parents[1], target)
+
+    return Plan(doc, served, fill, LLMManifest, folder=f"{served}/adapters/{adapter}")
+
+
 def _version(version: str, file: str, fmt: str, source_file: Path) -> dict[str, Any]:
     return {"version": version, "weights": {"file": file, "format": fmt,
                                             "sha256": sha256_file(source_file)}}
@@ -364,4 +398,5 @@ PLANNERS: dict[str, Callable[[Path, ImportOptions, dict[str, Any] | None], Plan]
     "monai_bundle": _bundle_plan,
     "hf_checkpoint": _hf_plan,
     "gguf": _gguf_plan,
+    "peft_adapter": _peft_plan,
 }

@@ -18,6 +18,7 @@ from serving.cli.main import app
 from serving.errors import ModelLoadError
 from serving.llm.chat import ChatRequest, ChatService
 from serving.llm.transformers_engine import TransformersEngine
+from serving.repository.hf_checkpoint import load_causal_lm
 from serving.repository.importer import ImportOptions, import_model
 from serving.repository.store import load_repository
 from tests.conftest import MODEL_REPO
@@ -113,3 +114,50 @@ def test_broken_checkpoints_are_refused_with_the_file_named(tmp_path: Path) -> N
     with pytest.raises(ModelLoadError, match="no tokenizer"):
         import_model(repo, no_tokenizer, options)
     assert not (repo / "chat").exists()
+
+
+def lora(base: Path, out: Path, seed: int = 1) -> Path:
+    """A PEFT LoRA adapter of `base`, with non-zero weights so it changes the output."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM.from_pretrained(str(base))
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                        init_lora_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(model, config).save_pretrained(str(out))
+    return out
+
+
+def test_a_peft_adapter_is_imported_onto_its_base_and_a_foreign_one_refused(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    base = tiny_qwen2(tmp_path / "qwen2-tiny")
+    import_model(repo, base, ImportOptions(name="tiny-qwen", intended_use=INTENDED))
+    adapter = lora(base, tmp_path / "notes-lora")
+    done = CliRunner().invoke(app, ["models", "import", str(adapter), "--name",
+                                    "tiny-qwen:notes", "--repo", str(repo)])
+    assert done.exit_code == 0, done.output
+    loaded = load_repository(repo)
+    loaded.check()
+    (entry,) = loaded.llms["tiny-qwen"].adapters
+    assert (entry.name, entry.rank, entry.alpha) == ("notes", 4, 8)
+    assert sorted(entry.target_modules) == ["q_proj", "v_proj"]  # PEFT stores a set
+    model_dir = loaded.version_dir("tiny-qwen", "1")
+    x = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode():
+        plain = load_causal_lm(model_dir)(x).logits
+        tuned = load_causal_lm(model_dir, model_dir / "adapters" / "notes")(x).logits
+    assert not torch.allclose(plain, tuned)  # the adapter is applied
+
+    # A LoRA made for a wider model of the same family does not fit this base.
+    wide_folder = tmp_path / "qwen2-wide"
+    wide_folder.mkdir()
+    config = Qwen2ForCausalLM.from_pretrained(str(base)).config
+    config.hidden_size, config.intermediate_size = 48, 96
+    Qwen2ForCausalLM(config).save_pretrained(str(wide_folder))
+    foreign = lora(wide_folder, tmp_path / "foreign-lora")
+    with pytest.raises(ModelLoadError, match="does not fit the base model"):
+        import_model(repo, foreign, ImportOptions(name="tiny-qwen:foreign"))
+    assert not (model_dir / "adapters" / "foreign").exists()
+    assert [a.name for a in load_repository(repo).llms["tiny-qwen"].adapters] == ["notes"]
