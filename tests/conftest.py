@@ -28,9 +28,12 @@ TIERS = ("unit", "integration", "k8s")  # one folder each under tests/
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each test gets its folder's tier marker (`pytest -m unit`: no Ray, under a minute)."""
+    """Each test gets its folder's tier marker (`pytest -m unit`: no Ray, no outside binary,
+    under a minute); a test that needs Prometheus' binaries is `promtool` instead of `unit`."""
     for item in items:
         tier = next((t for t in TIERS if t in item.path.parts), None)
+        if tier == "unit" and item.get_closest_marker("promtool") is not None:
+            continue
         if tier is not None:
             item.add_marker(getattr(pytest.mark, tier))
 

@@ -19,7 +19,7 @@ from serving.llm.chat import ChatRequest, ChatService
 from serving.llm.transformers_engine import TransformersEngine
 from serving.repository.importer import ImportOptions, import_model
 from serving.repository.store import load_repository
-from tests.unit.test_onnx import readme_import_examples, run_readme_block
+from tests.integration.test_readme_imports import readme_import_examples, run_readme_block
 
 INTENDED = ("General-purpose small assistant for trying Medserve; not a medical model: the "
             "clinician makes every decision.")

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from serving.deployments.imaging import ImagingModel
 from serving.errors import Unavailable
 from serving.imaging.pipeline import Payload
-from serving.testing.samples import make_png
 from serving.triton.build import copy_with_backend
 from tests.conftest import MODEL_REPO
 
@@ -23,17 +23,19 @@ Replica = ImagingModel.func_or_class  # the class Serve instantiates in each rep
 def test_a_model_that_fails_to_load_leaves_the_others_serving(tmp_path: Path) -> None:
     repo = copy_with_backend(MODEL_REPO, tmp_path / "repo", ["cxr-triage", "lung-nodule-ct"],
                              backend="torch")
-    manifest = repo / "cxr-triage" / "manifest.yaml"
+    manifest = repo / "lung-nodule-ct" / "manifest.yaml"
     doc = yaml.safe_load(manifest.read_text())
     doc["versions"][0]["weights"]["sha256"] = "0" * 64  # the file no longer matches
     manifest.write_text(yaml.safe_dump(doc, sort_keys=False))
 
-    broken = Replica(str(repo), "cxr-triage", "1")
+    broken = Replica(str(repo), "lung-nodule-ct", "1")
     assert broken.ready() is False
-    with pytest.raises(Unavailable) as refused:
-        asyncio.run(broken.predict(Payload("image/png", [make_png()])))
+    with pytest.raises(Unavailable) as refused:  # before any decoding: the body is not read
+        asyncio.run(broken.predict(Payload("application/zip", [b"not even a zip"])))
     assert refused.value.status_code == 503 and refused.value.retry_after_s
-    assert "cxr-triage version 1 failed to load" in refused.value.message
+    assert "lung-nodule-ct version 1 failed to load" in refused.value.message
 
-    healthy = Replica(str(repo), "lung-nodule-ct", "1")
+    healthy = Replica(str(repo), "cxr-triage", "1")
     assert healthy.ready() is True
+    result = asyncio.run(healthy.backend.run([np.zeros((1, 1, 224, 224), np.float32)]))
+    assert result[0].shape == (1, 14)

@@ -20,7 +20,6 @@ from serving.cli.main import app
 from serving.errors import ModelLoadError
 from serving.repository.importer import ImportOptions, import_model
 from serving.repository.store import load_repository
-from tests.unit.test_onnx import readme_import_examples, run_readme_block
 
 INTENDED = "Decision support: sorts chest radiographs by view for reading lists; a human checks."
 LABELS = ["frontal", "lateral", "other"]
@@ -134,11 +133,3 @@ def test_incomplete_or_unserved_bundles_are_refused_at_import(tmp_path: Path) ->
     with pytest.raises(ModelLoadError, match=r"model\.pt: cannot load the bundle's network"):
         import_model(repo, mismatched, options)
     assert not (repo / "view").exists()  # nothing left behind by any of them
-
-
-def test_the_readme_bundle_import_example_runs_as_written(tmp_path: Path) -> None:
-    code = readme_import_examples()[1]
-    (tmp_path / "path" / "to").mkdir(parents=True)
-    make_bundle(tmp_path / "path" / "to" / "bundle")
-    run_readme_block(code, tmp_path, tmp_path / "repo")
-    assert load_repository(tmp_path / "repo").manifest("cxr-view").labels == LABELS
