@@ -10,8 +10,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
+from monai.inferers import SlidingWindowInferer
 
 from serving.errors import Unavailable
+from serving.schema.imaging import CTPreprocessing, ModelManifest
 
 
 class Backend(Protocol):
@@ -53,3 +55,15 @@ class NotLoaded:
 
     def ready(self) -> bool:
         return False
+
+
+def sliding_window(manifest: ModelManifest) -> SlidingWindowInferer | None:
+    """MONAI's sliding-window inferer of a CT model (the manifest's ROI, overlap and windows
+    per pass, Gaussian blending), or None for models that take whole images."""
+    pre = manifest.preprocessing
+    if not isinstance(pre, CTPreprocessing):
+        return None
+    return SlidingWindowInferer(
+        roi_size=pre.roi_size, sw_batch_size=pre.sw_batch_size, overlap=pre.overlap,
+        mode="gaussian", padding_mode="constant", cval=0.0,
+    )

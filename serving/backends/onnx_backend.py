@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.inferers import SlidingWindowInferer
 
-from serving.backends.base import check_outputs, run_in_chunks
+from serving.backends.base import check_outputs, run_in_chunks, sliding_window
 from serving.repository.onnx_graph import check_onnx, session
-from serving.schema.imaging import CTPreprocessing, ModelManifest
+from serving.schema.imaging import ModelManifest
 
 
 class OnnxBackend:
@@ -34,15 +33,7 @@ class OnnxBackend:
         self.chunk = self.fixed_batch or manifest.batching.max_batch_size
         # One thread runs the session (it has its own intra-op pool of `threads`).
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
-        pre = manifest.preprocessing
-        self.inferer = (
-            SlidingWindowInferer(
-                roi_size=pre.roi_size, sw_batch_size=pre.sw_batch_size, overlap=pre.overlap,
-                mode="gaussian", padding_mode="constant", cval=0.0,
-            )
-            if isinstance(pre, CTPreprocessing)
-            else None
-        )
+        self.inferer = sliding_window(manifest)
 
     def ready(self) -> bool:
         return True

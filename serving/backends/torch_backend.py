@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.inferers import SlidingWindowInferer
 
-from serving.backends.base import check_outputs, run_in_chunks
+from serving.backends.base import check_outputs, run_in_chunks, sliding_window
 from serving.repository.networks import freeze_for_inference, load_network
 from serving.schema.imaging import CTPreprocessing, ModelManifest, ModelVersion
 
@@ -30,17 +29,9 @@ class TorchBackend:
             initargs=(threads,),
         )
         self.max_batch_size = manifest.batching.max_batch_size
-        pre = manifest.preprocessing
         net = load_network(manifest.architecture, version.weights, path, device)
         self.net = freeze_for_inference(net, self._example(manifest).to(device))
-        self.inferer = (
-            SlidingWindowInferer(
-                roi_size=pre.roi_size, sw_batch_size=pre.sw_batch_size, overlap=pre.overlap,
-                mode="gaussian", padding_mode="constant", cval=0.0,
-            )
-            if isinstance(pre, CTPreprocessing)
-            else None
-        )
+        self.inferer = sliding_window(manifest)
 
     @staticmethod
     def _example(manifest: ModelManifest) -> torch.Tensor:

@@ -19,13 +19,12 @@ import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
-from monai.inferers import SlidingWindowInferer
 from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_delay, wait_fixed
 from tritonclient.utils import InferenceServerException
 
-from serving.backends.base import check_outputs
+from serving.backends.base import check_outputs, sliding_window
 from serving.errors import MedserveError, Unavailable
-from serving.schema.imaging import CTPreprocessing, ModelManifest, ModelVersion
+from serving.schema.imaging import ModelManifest, ModelVersion
 from serving.triton.model_config import triton_io
 
 log = logging.getLogger("ray.serve")
@@ -76,15 +75,7 @@ class TritonBackend:
         # replica's event loop, the loop its channel belongs to.
         self.client = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
         self._aio: aioclient.InferenceServerClient | None = None
-        pre = manifest.preprocessing
-        self.inferer = (
-            SlidingWindowInferer(
-                roi_size=pre.roi_size, sw_batch_size=pre.sw_batch_size, overlap=pre.overlap,
-                mode="gaussian", padding_mode="constant", cval=0.0,
-            )
-            if isinstance(pre, CTPreprocessing)
-            else None
-        )
+        self.inferer = sliding_window(manifest)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triton")
 
     def ready(self) -> bool:

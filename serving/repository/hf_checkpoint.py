@@ -6,11 +6,11 @@ so any architecture transformers (or vLLM) has works; nothing here is Llama-spec
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from serving.errors import ModelLoadError
+from serving.repository.json_files import read_json
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -19,15 +19,7 @@ CHAT_TEMPLATE = "chat_template.jinja"
 
 
 def _json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path}: missing (not a Hugging Face checkpoint folder)") from None
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise ModelLoadError(f"{path}: must hold a JSON object")
-    return doc
+    return read_json(path, "Hugging Face checkpoint folder")
 
 
 def context_limit(folder: Path) -> int | None:

@@ -15,7 +15,6 @@ them; a bundle without one answers its network's output as it is.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from serving.errors import ModelLoadError
+from serving.repository.json_files import read_json
 
 METADATA = Path("configs/metadata.json")
 INFERENCE = Path("configs/inference.json")
@@ -60,15 +60,7 @@ class BundleInfo:
 
 
 def _json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelLoadError(f"{path}: missing (not a complete MONAI bundle)") from None
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise ModelLoadError(f"{path}: must hold a JSON object")
-    return doc
+    return read_json(path, "MONAI bundle")
 
 
 def _tensor(path: Path, section: Any, what: str) -> TensorFormat:
