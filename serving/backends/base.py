@@ -6,7 +6,9 @@ backend that drops or duplicates an item fails loudly instead of mis-attributing
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -67,3 +69,22 @@ def sliding_window(manifest: ModelManifest) -> SlidingWindowInferer | None:
         roi_size=pre.roi_size, sw_batch_size=pre.sw_batch_size, overlap=pre.overlap,
         mode="gaussian", padding_mode="constant", cval=0.0,
     )
+
+
+class InProcess:
+    """A backend that computes in the replica itself, on one worker thread: the replica's event
+    loop stays free to accept (and batch) requests while the kernels run, which release the
+    GIL. Subclasses set `executor` and implement `run_sync`."""
+
+    executor: ThreadPoolExecutor
+
+    def ready(self) -> bool:
+        return True
+
+    async def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self.executor, self.run_sync, inputs)
+        return check_outputs(inputs, outputs)
+
+    def run_sync(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError

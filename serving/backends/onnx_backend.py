@@ -9,19 +9,18 @@ sliding-window inferer, one volume at a time.
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from serving.backends.base import check_outputs, run_in_chunks, sliding_window
+from serving.backends.base import InProcess, run_in_chunks, sliding_window
 from serving.repository.onnx_graph import check_onnx, session
 from serving.schema.imaging import ModelManifest
 
 
-class OnnxBackend:
+class OnnxBackend(InProcess):
     def __init__(self, manifest: ModelManifest, path: Path, device: str, threads: int = 1) -> None:
         check_onnx(path, manifest.inputs, manifest.outputs)
         self.session = session(path, threads, gpu=device == "cuda")
@@ -34,14 +33,6 @@ class OnnxBackend:
         # One thread runs the session (it has its own intra-op pool of `threads`).
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.inferer = sliding_window(manifest)
-
-    def ready(self) -> bool:
-        return True
-
-    async def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self.executor, self.run_sync, inputs)
-        return check_outputs(inputs, outputs)
 
     def run_sync(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         if self.inferer is not None:  # volumes differ in size: one sliding-window pass each

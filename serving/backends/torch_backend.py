@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from serving.backends.base import check_outputs, run_in_chunks, sliding_window
+from serving.backends.base import InProcess, run_in_chunks, sliding_window
 from serving.repository.networks import freeze_for_inference, load_network
 from serving.schema.imaging import CTPreprocessing, ModelManifest, ModelVersion
 
 
-class TorchBackend:
+class TorchBackend(InProcess):
     def __init__(
         self, manifest: ModelManifest, version: ModelVersion, path: Path, device: str,
         threads: int = 1,
@@ -40,16 +39,6 @@ class TorchBackend:
         if isinstance(pre, CTPreprocessing):
             return torch.zeros(1, 1, *pre.roi_size)
         return torch.zeros([1 if d == -1 else d for d in manifest.inputs[0].shape])
-
-    def ready(self) -> bool:
-        return True
-
-    async def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        # The worker thread keeps the replica's event loop free to accept (and batch) requests
-        # while torch computes; torch releases the GIL inside its kernels.
-        loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self.executor, self.run_sync, inputs)
-        return check_outputs(inputs, outputs)
 
     @torch.inference_mode()
     def run_sync(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
