@@ -22,7 +22,9 @@ RUN python3.11 -m venv /opt/venv
 RUN /opt/venv/bin/pip install --no-cache-dir torch==2.13.0
 WORKDIR /src
 COPY pyproject.toml README.md ./
-# Both packages: `medserve loadtest` and `medserve capacity` are commands of the same CLI.
+# The serving set only: no extras, so no Locust, gevent or matplotlib (the `loadtest` extra)
+# and no embedded Triton (the `triton` extra; Kubernetes runs Triton as a sidecar). The
+# loadtests package ships, and its commands say which extra they need.
 COPY serving serving
 COPY loadtests loadtests
 RUN /opt/venv/bin/pip install --no-cache-dir .
