@@ -14,9 +14,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from serving.errors import MedserveError, PayloadTooLarge, UnsupportedMediaType
-from serving.http.request_metrics import note_error
+from serving.http.request_metrics import CLIENT_CLOSED, note_error
 
 log = logging.getLogger("ray.serve")
 
@@ -68,6 +69,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http(request: Request, exc: HTTPException) -> JSONResponse:
         error_type = HTTP_ERROR_TYPES.get(exc.status_code, "invalid_request_error")
         return error_response(request, exc.status_code, str(exc.detail), error_type)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # A flaky clinic network, not a server fault: 499 (outside the availability SLO), and
+        # a debug line rather than an error that pages.
+        log.debug("client closed %s mid-request", request.url.path)
+        return error_response(request, CLIENT_CLOSED, "client closed the request",
+                              "client_closed")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from serving.errors import InvalidInput, MedserveError
+from serving.errors import InvalidInput, MedserveError, PayloadTooLarge
 from serving.protocol.datatypes import DATATYPES, UNSUPPORTED
 from serving.protocol.datatypes import NAMES as _NAMES
 from serving.protocol.headers import INFERENCE_HEADER_LENGTH as HEADER_LENGTH
@@ -219,8 +219,12 @@ def _parse_outputs(specs: object, binary_default: bool) -> list[RequestedOutput]
     return outputs
 
 
-def validate_inputs(inputs: dict[str, np.ndarray], specs: Sequence[TensorSpecLike]) -> None:
-    """Check names, datatypes and shapes of ``inputs`` against the model's specs (-1: any size)."""
+def validate_inputs(
+    inputs: dict[str, np.ndarray], specs: Sequence[TensorSpecLike], max_batch: int | None = None
+) -> None:
+    """Check names, datatypes and shapes of ``inputs`` against the model's specs (-1: any size),
+    and a batch axis (a leading -1) against ``max_batch``: one request larger than what the
+    deployment batches would hold its replica for as long as many (413)."""
     expected = {spec.name for spec in specs}
     for spec in specs:
         if spec.name not in inputs:
@@ -239,6 +243,9 @@ def validate_inputs(inputs: dict[str, np.ndarray], specs: Sequence[TensorSpecLik
             w not in (-1, g) for w, g in zip(want, array.shape, strict=True)
         ):
             raise InvalidInput(f"{where}: expected shape {_dims(want)}, got {_dims(array.shape)}")
+        if max_batch is not None and want[0] == -1 and array.shape[0] > max_batch:
+            raise PayloadTooLarge(f"{where}: a batch of {array.shape[0]} exceeds the model's "
+                                  f"max_batch_size {max_batch}; send smaller batches")
 
 
 def select_outputs(

@@ -4,6 +4,7 @@ dashboard, without starting Ray (promtool is the real Prometheus rule engine).""
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import re
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import yaml
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from starlette.requests import ClientDisconnect
 from typer.testing import CliRunner
 
 from serving.cli.main import app as cli
@@ -109,6 +111,8 @@ def recorded() -> tuple[TestClient, Recorder]:
             raise QueueTimeout("no answer")
         if fail == "bug":
             raise RuntimeError("patient Jane Doe")  # text that must go nowhere
+        if fail == "gone":
+            raise ClientDisconnect()  # the upload stopped: the client went away
         return {"model": model}
 
     recorder = Recorder()
@@ -227,3 +231,14 @@ def test_dashboard_uses_defined_metrics_and_a_clean_layout() -> None:
     latency = [q for t, q in queries() if t == "End-to-end latency"]
     assert all(q.startswith("histogram_quantile(") and "sum by (model, version, le)" in q
                for q in latency)
+
+
+def test_a_client_that_goes_away_mid_upload_is_499_not_a_paging_500(
+    recorded, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, recorder = recorded
+    with caplog.at_level(logging.INFO, logger="ray.serve"):
+        assert client.post("/v1/imaging/cxr-triage/predict?fail=gone").status_code == 499
+    (call,) = recorder.calls
+    assert (call["status"], call["error_type"]) == (499, "client_closed")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -10,7 +10,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import np_to_triton_dtype
 
-from serving.errors import InvalidInput, MedserveError
+from serving.errors import InvalidInput, MedserveError, PayloadTooLarge
 from serving.protocol.oip import (
     DATATYPES,
     InferRequest,
@@ -423,3 +423,10 @@ def test_validate_inputs_rejections() -> None:
     with pytest.raises(InvalidInput) as info:
         validate_inputs(extra, [IMAGE, AGE])
     assert "Jane" not in info.value.message  # a client's name is never echoed
+
+
+def test_a_batch_larger_than_the_deployment_takes_is_413_before_any_inference() -> None:
+    batch = {"image": np.zeros((9, 1, 224, 224), np.float32)}
+    validate_inputs({"image": batch["image"][:8]}, [IMAGE], max_batch=8)
+    with pytest.raises(PayloadTooLarge, match="a batch of 9 exceeds the model's max_batch_size 8"):
+        validate_inputs(batch, [IMAGE], max_batch=8)

@@ -146,7 +146,8 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
         await read_body(request, limit), request.headers.get("content-encoding"), limit
     )
     parsed = parse_infer_request(body, int(raw_length) if raw_length is not None else None)
-    validate_inputs(parsed.inputs, target.manifest.inputs)
+    validate_inputs(parsed.inputs, target.manifest.inputs,
+                    max_batch=target.manifest.batching.max_batch_size)
     outputs = await gw.call(target, "infer", parsed.inputs, priority=priority)
     content, headers = encode_infer_response(
         target.manifest.name, target.version, parsed.id, select_outputs(outputs, parsed)
