@@ -60,9 +60,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # Only the location and pydantic's message: the offending input value is not echoed.
+        # Only the location and pydantic's message: the offending input value is not echoed,
+        # and neither is a key the client made up (the last part of an unknown field's path).
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in first.get("loc", ()))
+        loc = list(first.get("loc", ()))
+        if first.get("type") == "extra_forbidden" and loc:
+            loc[-1] = "(unknown field)"
+        where = ".".join(str(p) for p in loc)
         return error_response(request, 400, f"{where}: {first['msg']}", "invalid_request_error")
 
     @app.exception_handler(HTTPException)

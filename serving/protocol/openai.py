@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DECISION_SUPPORT = (
     "Decision support only: generated text may be wrong or incomplete; a clinician must review "
@@ -68,6 +68,19 @@ class ChatCompletionRequest(Strict):
         if len(stops) > 4 or any(not s for s in stops):
             raise ValueError("stop takes up to 4 non-empty strings")
         return stops
+
+    @model_validator(mode="after")
+    def _unicode(self) -> ChatCompletionRequest:
+        # JSON may escape a lone surrogate ("\\ud800"): no tokenizer can take it, so it is a
+        # 400 here rather than an exception in the LLM replica.
+        texts = [*(m.plain()["content"] for m in self.messages),
+                 *(m.name for m in self.messages if m.name), *(self.stop or [])]
+        try:
+            for text in texts:
+                text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text must be valid Unicode (a lone surrogate is not)") from None
+        return self
 
     def for_engine(self) -> dict[str, Any]:
         return {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -37,3 +39,32 @@ def test_developer_role_and_content_parts_become_plain_messages() -> None:
 def test_unsupported_or_invalid_parameters_are_rejected(bad: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         parse(**bad)
+
+
+def test_a_lone_surrogate_is_a_validation_error_not_a_tokenizer_crash() -> None:
+    body = '{"model": "clinical-llm", "messages": [{"role": "user", "content": "a\\ud800b"}]}'
+    with pytest.raises(ValidationError, match="lone surrogate"):  # as FastAPI parses bodies
+        ChatCompletionRequest.model_validate(json.loads(body))
+    with pytest.raises(ValidationError, match="lone surrogate"):
+        parse(stop=["\ud800"])
+
+
+def test_error_bodies_do_not_echo_a_clients_unknown_keys() -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from serving.http.error_map import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest) -> dict[str, str]:
+        return {"model": body.model}
+
+    answer = TestClient(app).post("/v1/chat/completions", json={
+        "model": "clinical-llm", "messages": [{"role": "user", "content": "hi"}],
+        "patient_jane_doe": 1})
+    assert answer.status_code == 400
+    message = answer.json()["error"]["message"]
+    assert "jane" not in message and "(unknown field)" in message
