@@ -54,7 +54,8 @@ class CTPipeline:
         self.pre = pre
         self.modalities = manifest.modalities
         self.transform = CTPreprocessor(
-            hu_min=pre.hu_window[0], hu_max=pre.hu_window[1], target_spacing=pre.target_spacing_mm
+            hu_min=pre.hu_window[0], hu_max=pre.hu_window[1], target_spacing=pre.target_spacing_mm,
+            max_voxels=pre.max_resampled_voxels,
         )
 
     def prepare(self, payload: Payload) -> tuple[np.ndarray, Any]:

@@ -52,6 +52,11 @@ class CTPreprocessing(Strict):
         (2.0, 2.0, 2.0), description="Resampled voxel size (x, y, z) in mm."
     )
     min_slices: int = Field(3, ge=1, description="Fewest instances accepted as a volume.")
+    max_resampled_voxels: int = Field(
+        32_000_000, ge=1,
+        description="Largest volume after resampling to target_spacing_mm (413 beyond), checked "
+        "before resampling: a chest CT at 2 mm is about 5 million voxels.",
+    )
     roi_size: tuple[int, int, int] = Field((64, 64, 64), description="Sliding-window ROI.")
     sw_batch_size: int = Field(2, ge=1, description="Windows per sliding-window forward pass.")
     overlap: float = Field(0.25, ge=0, lt=1, description="Sliding-window overlap fraction.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.errors import InvalidInput
+from serving.errors import InvalidInput, PayloadTooLarge
 from serving.imaging.dicom import Volume, decode_series
 from serving.imaging.preprocess import CTPreprocessor, RadiographPreprocessor
 from serving.testing import samples
@@ -124,3 +124,13 @@ def test_ct_rejects_bad_config() -> None:
         CTPreprocessor(hu_min=100, hu_max=-100)
     with pytest.raises(ValueError):
         CTPreprocessor(target_spacing=(1.0, 0.0, 1.0))
+
+
+def test_a_resampling_bomb_is_refused_before_any_resampling() -> None:
+    """3 slices of 16x16 at 140 mm would resample to ~263 million voxels (GBs) at 2 mm."""
+    bomb = Volume(np.zeros((16, 16, 3), np.float32), np.diag([140.0, 140.0, 140.0, 1.0]))
+    pre = CTPreprocessor(target_spacing=(2.0, 2.0, 2.0))
+    with pytest.raises(PayloadTooLarge, match=r"resamples to about 2\.63e\+08 voxels"):
+        pre(bomb)
+    normal = Volume(np.zeros((64, 64, 40), np.float32), np.diag([0.7, 0.7, 1.25, 1.0]))
+    assert pre(normal)[0].shape == (1, 23, 23, 25)  # an ordinary series still passes
