@@ -13,6 +13,7 @@ import logging
 import re
 import warnings
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -22,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels import (
     apply_color_lut,
     apply_modality_lut,
@@ -29,6 +31,7 @@ from pydicom.pixels import (
     apply_windowing,
     get_decoder,
 )
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from serving.errors import InvalidInput, PayloadTooLarge, UnprocessableInput, UnsupportedMediaType
 
@@ -38,6 +41,9 @@ logging.getLogger("pydicom").propagate = False
 
 MAX_IMAGE_PIXELS = 8192 * 8192  # one 2D image, checked from the header before decoding
 MAX_SERIES_VOXELS = 1024 * 512 * 512  # a whole CT series (4 GiB as float32 at the limit)
+# The most one inflated (Deflated transfer syntax) instance may hold: the largest image at
+# 16 bits, plus room for its header.
+MAX_INFLATED_BYTES = 2 * MAX_IMAGE_PIXELS + (1 << 20)
 
 _CODE_STRING = re.compile(r"[A-Z0-9_ ]{1,16}")  # DICOM CS: what a real Modality looks like
 _UID = re.compile(r"[0-9.]{1,64}")
@@ -51,7 +57,30 @@ def _echo(value: object, pattern: re.Pattern[str]) -> str:
     return text if pattern.fullmatch(text) else "an unrecognised value"
 
 
+def _check_inflated_size(data: bytes, where: str) -> None:
+    """Deflated Explicit VR Little Endian compresses the whole dataset, and pydicom inflates it
+    with no bound: about 2 GB per MB uploaded. Inflate it here first, up to the most any
+    instance may hold, and refuse beyond (413) before pydicom sees it."""
+    fp = BytesIO(data)
+    try:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)  # the public read_file_meta_info takes paths only
+    except Exception:
+        return  # not a Part 10 file: dcmread says so next
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(data[fp.tell():], MAX_INFLATED_BYTES + 1)
+    except zlib.error:
+        raise InvalidInput(f"{where}deflated DICOM data is corrupt") from None
+    if len(inflated) > MAX_INFLATED_BYTES:
+        raise PayloadTooLarge(f"{where}deflated DICOM inflates past {MAX_INFLATED_BYTES >> 20} "
+                              "MiB")
+
+
 def _read(data: bytes, where: str) -> Dataset:
+    _check_inflated_size(data, where)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

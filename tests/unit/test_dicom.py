@@ -6,6 +6,7 @@ import struct
 import zipfile
 import zlib
 from io import BytesIO
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -451,3 +452,28 @@ def test_unzip_does_not_trust_declared_sizes() -> None:
     struct.pack_into("<I", data, central + 24, 1000)
     with pytest.raises((InvalidInput, PayloadTooLarge)):
         unzip_series(bytes(data), max_members=10, max_total_bytes=100_000)
+
+
+def _deflated(ds: Dataset) -> bytes:
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    out = BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_a_deflate_bomb_is_refused_before_pydicom_inflates_it() -> None:
+    ds = pydicom.dcmread(BytesIO(samples.make_radiograph(modality="DX")))
+    # 160 MiB of zeros in a private element: a small upload that inflates past the limit.
+    ds.add_new(0x00091010, "OB", bytes(160 << 20))
+    bomb = _deflated(ds)
+    assert len(bomb) < 1 << 20
+    with pytest.raises(PayloadTooLarge, match="deflated DICOM inflates past 129 MiB"):
+        decode_radiograph(bomb, ["DX"])
+    with pytest.raises(InvalidInput):  # a broken deflate stream is a plain 400
+        decode_radiograph(bomb[: len(bomb) // 2] + b"\xff" * 64, ["DX"])
+
+
+def test_a_normal_deflated_instance_still_decodes() -> None:
+    data = Path(get_testdata_file("image_dfl.dcm")).read_bytes()  # pydicom's deflated file
+    image = decode_radiograph(data, ["OT"])
+    assert image.shape == (512, 512) and 0.0 <= image.min() < image.max() <= 1.0
