@@ -164,11 +164,20 @@ def _parse_input(
         raise InvalidInput(f"{where}: shape {_dims(shape)} is not supported") from None
 
 
+# JSON is for small tensors: a 224x224 image batch of 8 is ~8 MB of JSON text; anything larger
+# belongs in the binary tensor extension, which costs no parsing.
+MAX_JSON_BYTES = 16 << 20
+
+
 def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     """Decode an OIP v2 infer request; ``header_length`` is ``Inference-Header-Content-Length``."""
     end = len(body) if header_length is None else header_length
     if type(end) is not int or not 0 <= end <= len(body):
         raise InvalidInput(f"{HEADER_LENGTH} must be an integer within the {len(body)}-byte body")
+    if end > MAX_JSON_BYTES:  # parsed JSON costs ~30x its text: bound it before parsing
+        raise PayloadTooLarge(f"the JSON part of an infer request is limited to "
+                              f"{MAX_JSON_BYTES >> 20} MiB; send large tensors as binary data "
+                              "(the binary tensor extension)")
     try:
         doc = json.loads(bytes(body[:end]))
     except (ValueError, RecursionError):

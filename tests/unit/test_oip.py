@@ -430,3 +430,16 @@ def test_a_batch_larger_than_the_deployment_takes_is_413_before_any_inference() 
     validate_inputs({"image": batch["image"][:8]}, [IMAGE], max_batch=8)
     with pytest.raises(PayloadTooLarge, match="a batch of 9 exceeds the model's max_batch_size 8"):
         validate_inputs(batch, [IMAGE], max_batch=8)
+
+
+def test_a_json_header_past_its_limit_is_413_before_parsing() -> None:
+    """A gzip body of 254 KB expands to 255 MiB of `0,`: parsed, that is gigabytes of ints."""
+    from serving.protocol.oip import MAX_JSON_BYTES
+
+    bomb = b'{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1], "data": [' + (
+        b"0," * (MAX_JSON_BYTES // 2)) + b"0]}]}"
+    with pytest.raises(PayloadTooLarge, match="send large tensors as binary data"):
+        parse_infer_request(bomb, None)
+    small = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2],
+                                    "data": [1.0, 2.0]}]}).encode()
+    assert parse_infer_request(small, None).inputs["x"].tolist() == [1.0, 2.0]

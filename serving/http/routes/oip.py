@@ -142,10 +142,13 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     if raw_length is not None and not raw_length.isdigit():
         raise InvalidInput(f"{HEADER_LENGTH} is not a non-negative integer")
     limit = gw.config.limits.max_tensor_bytes
-    body = decompress(
-        await read_body(request, limit), request.headers.get("content-encoding"), limit
-    )
-    parsed = parse_infer_request(body, int(raw_length) if raw_length is not None else None)
+    raw = await read_body(request, limit)
+    encoding = request.headers.get("content-encoding")
+    length = int(raw_length) if raw_length is not None else None
+    # Inflating and parsing up to `limit` bytes is CPU work: off the event loop, so health
+    # checks and every other route keep answering meanwhile.
+    parsed = await asyncio.to_thread(
+        lambda: parse_infer_request(decompress(raw, encoding, limit), length))
     validate_inputs(parsed.inputs, target.manifest.inputs,
                     max_batch=target.manifest.batching.max_batch_size)
     outputs = await gw.call(target, "infer", parsed.inputs, priority=priority)
