@@ -11,6 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serving.errors import InvalidInput
+
+CHARS_PER_TOKEN = 16  # generous: BPE vocabularies average ~4 characters per token on text
+
 DECISION_SUPPORT = (
     "Decision support only: generated text may be wrong or incomplete; a clinician must review "
     "it and makes the final decision."
@@ -81,6 +85,16 @@ class ChatCompletionRequest(Strict):
         except UnicodeEncodeError:
             raise ValueError("text must be valid Unicode (a lone surrogate is not)") from None
         return self
+
+    def check_prompt_size(self, context_window: int) -> None:
+        """Refuse a prompt that cannot fit the context window, by its length in characters,
+        before anyone tokenises it: a tokenizer takes seconds over a megabyte, on the engine's
+        replica. No tokenizer here gives fewer than one token per CHARS_PER_TOKEN characters
+        on text, so a longer prompt is over the window whatever it says."""
+        chars = sum(len(m.plain()["content"]) for m in self.messages)
+        if chars > context_window * CHARS_PER_TOKEN:
+            raise InvalidInput(f"the messages are too long for the model's context window of "
+                               f"{context_window} tokens")
 
     def for_engine(self) -> dict[str, Any]:
         return {

@@ -68,3 +68,15 @@ def test_error_bodies_do_not_echo_a_clients_unknown_keys() -> None:
     assert answer.status_code == 400
     message = answer.json()["error"]["message"]
     assert "jane" not in message and "(unknown field)" in message
+
+
+def test_a_prompt_longer_than_any_context_window_is_refused_before_tokenising() -> None:
+    from serving.errors import InvalidInput
+    from serving.protocol.openai import CHARS_PER_TOKEN
+
+    window = 512
+    fits = parse(messages=[{"role": "user", "content": "x" * (window * CHARS_PER_TOKEN)}])
+    fits.check_prompt_size(window)
+    huge = parse(messages=[{"role": "user", "content": "x" * (1 << 20)}])  # the 1 MB probe
+    with pytest.raises(InvalidInput, match="too long for the model's context window of 512"):
+        huge.check_prompt_size(window)

@@ -89,6 +89,7 @@ async def chat_completions(
     _note_model(request, body.model)
     authorize(request, body.model)  # before resolving: a 403 says nothing about existence
     target = gw.resolve_llm(body.model)
+    body.check_prompt_size(target.manifest.engine.context_window)
     priority = request_priority(request)
     completion_id = f"chatcmpl-{request.state.request_id}"
     if body.stream:
