@@ -20,6 +20,7 @@ from io import BytesIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -38,6 +39,11 @@ from serving.errors import InvalidInput, PayloadTooLarge, UnprocessableInput, Un
 # pydicom logs malformed values verbatim ("Invalid value for VR DA: '<value>'"); keep its
 # records away from the service's handlers so header contents never land in a log line.
 logging.getLogger("pydicom").propagate = False
+# pydicom validates values as it reads them and warns with the value quoted ("Invalid value for
+# VR UI: '<value>'"), from any attribute access in any thread: a warning filter set around
+# some reads (not thread-safe either) cannot catch them all. Reading validation is off in
+# this process instead; the checks here validate every value the models use.
+pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 MAX_IMAGE_PIXELS = 8192 * 8192  # one 2D image, checked from the header before decoding
 MAX_SERIES_VOXELS = 1024 * 512 * 512  # a whole CT series (4 GiB as float32 at the limit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import warnings
 import zipfile
 import zlib
 from io import BytesIO
@@ -477,3 +478,20 @@ def test_a_normal_deflated_instance_still_decodes() -> None:
     data = Path(get_testdata_file("image_dfl.dcm")).read_bytes()  # pydicom's deflated file
     image = decode_radiograph(data, ["OT"])
     assert image.shape == (512, 512) and 0.0 <= image.min() < image.max() <= 1.0
+
+
+def test_invalid_header_values_raise_no_warning_that_quotes_them() -> None:
+    """pydicom warns with the raw value of an invalid UI ('JANE-DOE-4711' could be an id);
+    warnings end up in the Ray workers' stderr files."""
+    parts = []
+    for part in samples.make_ct_series():
+        ds = pydicom.dcmread(BytesIO(part))
+        ds["SeriesInstanceUID"].value = "JANE-DOE-4711"
+        out = BytesIO()
+        ds.save_as(out)
+        parts.append(out.getvalue())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        volume = decode_series(parts, ["CT"])
+    assert volume.hu.ndim == 3
+    assert not [w for w in caught if "JANE" in str(w.message)]
