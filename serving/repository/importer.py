@@ -107,6 +107,7 @@ class Plan:
     fill: Callable[[Path], None]
     schema: type[ModelManifest] | type[LLMManifest] = ModelManifest
     folder: str | None = None  # what is written, under the model's folder (default: version)
+    cleanup: Callable[[], None] = lambda: None  # what the plan made aside (a GGUF's folder)
 
 
 def import_model(repo_root: Path, source: Path, options: ImportOptions) -> Path:
@@ -123,19 +124,29 @@ def import_model(repo_root: Path, source: Path, options: ImportOptions) -> Path:
     existing = _existing(manifest_path, "llm" if is_llm else "imaging")
     plan = PLANNERS[fmt](source, options, existing)
     try:
+        return _apply(plan, source, repo_root / model, manifest_path, existing is not None)
+    finally:
+        plan.cleanup()
+
+
+def _apply(plan: Plan, source: Path, model_dir: Path, manifest_path: Path,
+           extends: bool) -> Path:
+    """Validate the manifest, fill the target folder, write the manifest and check the
+    repository; on any problem undo all of it."""
+    try:
         plan.schema.model_validate(plan.doc)
     except ValidationError as exc:
         raise ModelLoadError(f"{source}: the manifest it would get is invalid: "
                              f"{describe(exc)}") from None
-    target = repo_root / model / (plan.folder or plan.version)
+    target = model_dir / (plan.folder or plan.version)
     if target.exists():
         raise ModelLoadError(f"{target} exists: choose another --version or name")
-    previous = manifest_path.read_text() if existing else None
+    previous = manifest_path.read_text() if extends else None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         plan.fill(target)
         manifest_path.write_text(_yaml(plan.doc))
-        load_repository(repo_root).check()  # what `medserve models check` runs
+        load_repository(model_dir.parent).check()  # what `medserve models check` runs
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         if previous is None:
@@ -261,14 +272,7 @@ def _gguf_plan(source: Path, o: ImportOptions, existing: dict[str, Any] | None) 
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-
-    def fill(target: Path) -> None:
-        try:
-            plan.fill(target)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-
-    return replace(plan, fill=fill)
+    return replace(plan, cleanup=lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 def _peft_plan(source: Path, o: ImportOptions, existing: dict[str, Any] | None) -> Plan:
