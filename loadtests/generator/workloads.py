@@ -3,7 +3,7 @@
 Pure request building (no Locust), so the payloads can be checked in unit tests. Radiographs
 and CT series come from serving.testing.samples (no patient data); sizes are set by the profile
 because full-size studies (2-3k px radiographs, 300-slice CTs) would saturate a 2-core test
-box on upload alone. Chats follow the OpenAI chat-completions contract in DESIGN.md.
+box on upload alone. Chats follow the OpenAI chat-completions contract (README, "Routes").
 """
 
 from __future__ import annotations
