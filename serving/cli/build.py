@@ -39,7 +39,7 @@ def build_weights(
             repository.verify(manifest.name, version)
             console.print(f"built {path}")
         if repository.llms:
-            from serving.repository.demo_llm import build_llm
+            from serving.repository.llm_build import build_llm
 
             for name in repository.llms:
                 for path in build_llm(repository, name, force):

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from serving.errors import ModelLoadError
 from serving.repository.checksums import sha256_file
 from serving.repository.hf_checkpoint import check_checkpoint
+from serving.repository.lora_training import TrainingJob, recorded_sha256
 from serving.repository.monai_bundle import load_bundle_network
 from serving.repository.onnx_graph import check_onnx
 from serving.schema.cluster import ClusterConfig
@@ -52,8 +53,9 @@ class Checked:
 
     label: str
     path: Path
-    sha256: str
-    demo_seed: int | None
+    sha256: str | None  # None: a trained adapter whose training run has not recorded one yet
+    built: bool  # `medserve build-weights` makes it (from a packaged GGUF, or by training)
+    adapter: str | None = None  # the adapter's name, for an adapter's weights
 
 
 @dataclass(frozen=True)
@@ -102,13 +104,19 @@ class Repository:
         m = self.llms[name]
         v = m.version(version or m.served_version)
         base = self.version_dir(name, v.version)
+        built = v.gguf is not None
         files = [Checked(f"{name} {v.version} weights", base / v.weights.file, v.weights.sha256,
-                         v.weights.demo_seed)]
+                         built)]
         if v.tokenizer_sha256 is not None:
             files.append(Checked(f"{name} {v.version} tokenizer", base / "tokenizer.json",
-                                 v.tokenizer_sha256, None))
-        files += [Checked(f"{name}:{a.name} adapter", base / a.weights.file, a.weights.sha256,
-                          a.weights.demo_seed) for a in m.adapters]
+                                 v.tokenizer_sha256, built))
+        for a in m.adapters:
+            path, sha = base / a.weights.file, a.weights.sha256
+            if sha is None and a.train is not None:
+                job = TrainingJob.of(m, self.root / name, a, v.weights.sha256)
+                sha = recorded_sha256(path, job.recipe())
+            files.append(Checked(f"{name}:{a.name} adapter", path, sha, a.train is not None,
+                                 a.name))
         return files
 
     def iter_llm_files(self) -> Iterator[tuple[LLMManifest, str, Checked]]:
@@ -119,19 +127,19 @@ class Repository:
 
     @staticmethod
     def file_status(f: Checked) -> ChecksumStatus:
-        if not f.path.is_file():
+        if not f.path.is_file() or f.sha256 is None:
             return "missing"
         return "ok" if sha256_file(f.path) == f.sha256 else "mismatch"
 
     @classmethod
     def verify_file(cls, f: Checked) -> Path:
         status = cls.file_status(f)
+        fix = "run `medserve build-weights`" if f.built else "import it again"
         if status == "missing":
-            raise ModelLoadError(
-                f"{f.label}: {f.path} is missing (run `medserve build-weights` for demo weights)"
-            )
+            what = "has no training record" if f.path.is_file() else "is missing"
+            raise ModelLoadError(f"{f.label}: {f.path} {what} ({fix})")
         if status == "mismatch":
-            raise ModelLoadError(f"{f.label}: {f.path} does not match the manifest sha256")
+            raise ModelLoadError(f"{f.label}: {f.path} does not match its sha256 ({fix})")
         return f.path
 
     def with_backends(self, backends: Mapping[str, str]) -> Repository:

@@ -21,6 +21,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def relative_file(v: str) -> str:
+    """A weights path must stay inside its version folder."""
+    if v.startswith("/") or ".." in v.split("/"):
+        raise ValueError("weights file must be a relative path inside the version folder")
+    return v
+
+
 class Weights(Strict):
     file: str = Field(description="Weights file, relative to the version folder.")
     format: Literal["safetensors", "state_dict", "torchscript", "onnx", "monai_bundle"] = Field(
@@ -46,9 +53,7 @@ class Weights(Strict):
     @field_validator("file")
     @classmethod
     def _relative(cls, v: str) -> str:
-        if v.startswith("/") or ".." in v.split("/"):
-            raise ValueError("weights file must be a relative path inside the version folder")
-        return v
+        return relative_file(v)
 
 
 class Scaling(Strict):

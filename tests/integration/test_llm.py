@@ -23,6 +23,7 @@ from serving.observability.metrics import (
     LLM_DURATION,
     LLM_RUNNING,
     LLM_WAITING,
+    NONE,
 )
 from serving.repository.store import load_repository
 from tests.conftest import MODEL_REPO, Server
@@ -205,17 +206,17 @@ def _llm_total(server: Server, name: str, **labels: str) -> float:
     return metric_total(server, name, model=LLM, **labels)
 
 
-def test_client_disconnect_mid_stream_frees_its_slot(server: Server, client: openai.OpenAI,
-                                                     manifest: Any) -> None:
+def test_client_disconnect_mid_stream_frees_its_slot(server: Server, client: openai.OpenAI) -> None:
     """Clients that walk away mid-stream cancel their generation: the engine's running
     count drops back to zero without any of them reaching its end (a finished request
-    records its duration once), and the server goes on serving. The streams use an adapter
-    no other test asks for, so its duration count moves only with them."""
-    adapter = manifest.adapters[-1].name
+    records its duration once), and the server goes on serving. The base model counts to 400
+    (a reply far longer than the time the cancellation takes to arrive); tests run one at a
+    time, so its duration count moves only with these streams."""
     finished = f"{LLM_DURATION}_count"
-    before = _llm_total(server, finished, adapter=adapter)
-    body = {"model": f"{LLM}:{adapter}", "messages": MESSAGES, "max_tokens": 400,
-            "stream": True, "temperature": 0}
+    before = _llm_total(server, finished, adapter=NONE)
+    counting = [{"role": "user", "content": "Count from 1 to 400, one number per line."}]
+    body = {"model": LLM, "messages": counting, "max_tokens": 400, "stream": True,
+            "temperature": 0}
     for _ in range(3):
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body,
                           timeout=120) as response:
@@ -228,9 +229,9 @@ def test_client_disconnect_mid_stream_frees_its_slot(server: Server, client: ope
         assert _llm_total(server, LLM_WAITING) == 0
 
     eventually(idle, 120)
-    assert _llm_total(server, finished, adapter=adapter) == before  # none ran to its end
-    assert complete(client, f"{LLM}:{adapter}").choices[0].finish_reason in ("stop", "length")
-    eventually(lambda: ensure(_llm_total(server, finished, adapter=adapter) == before + 1))
+    assert _llm_total(server, finished, adapter=NONE) == before  # none ran to its end
+    assert complete(client).choices[0].finish_reason in ("stop", "length")
+    eventually(lambda: ensure(_llm_total(server, finished, adapter=NONE) == before + 1))
 
 
 def test_adapters_beyond_the_replica_lru_are_evicted_and_reloaded(

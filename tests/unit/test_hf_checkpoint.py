@@ -58,7 +58,7 @@ def test_a_qwen2_checkpoint_is_imported_and_served_like_generate(tmp_path: Path)
 
     loaded = load_repository(repo)
     manifest = loaded.llms["tiny-qwen"]
-    assert manifest.architecture is None and manifest.intended_use == INTENDED
+    assert manifest.intended_use == INTENDED
     model_dir = loaded.version_dir("tiny-qwen", manifest.served_version)
     assert json.loads((model_dir / "config.json").read_text())["model_type"] == "qwen2"
 

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from serving.app import deployment_name, deployment_options, serve_config
-from serving.cli.main import app
 from serving.errors import ModelLoadError
 from serving.llm.engine import select_engine
 from serving.llm.vllm_engine import engine_args
@@ -75,22 +73,6 @@ def test_tampered_or_missing_adapter_fails_the_check(repo_copy: Path) -> None:
     path.unlink()
     with pytest.raises(ModelLoadError, match="missing"):
         repo.check()
-
-
-def test_cli_covers_the_llm_and_its_adapters(repo_copy: Path) -> None:
-    runner = CliRunner()
-    repo = load_repository(repo_copy)
-    adapter = repo.llms[LLM].adapters[0]
-    listed = runner.invoke(app, ["models", "--repo", str(repo_copy)], env={"COLUMNS": "200"})
-    assert listed.exit_code == 0 and f"{LLM}:{adapter.name}" in listed.output
-    ok = runner.invoke(app, ["models", "check", "--repo", str(repo_copy)])
-    assert ok.exit_code == 0 and f"{len(repo.llms[LLM].adapters)} adapters" in ok.output
-    (repo.version_dir(LLM, "1") / adapter.weights.file).unlink()
-    bad = runner.invoke(app, ["models", "check", "--repo", str(repo_copy)])
-    assert bad.exit_code == 1 and adapter.name in bad.output
-    rebuilt = runner.invoke(app, ["build-weights", "--repo", str(repo_copy)])
-    assert rebuilt.exit_code == 0, rebuilt.output
-    assert runner.invoke(app, ["models", "check", "--repo", str(repo_copy)]).exit_code == 0
 
 
 def test_llm_deployment_options_come_from_the_manifest() -> None:

@@ -87,7 +87,8 @@ def test_seeded_sampling_is_reproducible_under_batching(service: ChatService) ->
 
 
 def test_adapters_change_the_output(service: ChatService) -> None:
-    request = ChatRequest(messages=QUESTION, max_tokens=12, temperature=0.0)
+    question = [{"role": "user", "content": "What does a raised PSA mean?"}]
+    request = ChatRequest(messages=question, max_tokens=24, temperature=0.0)
 
     async def both() -> tuple[str, str, str]:
         lung = await service.engine.load_adapter("lung-oncology")
