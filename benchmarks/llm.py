@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from loadtests.report.stats import percentile  # noqa: E402
+from serving.app import deployment_name  # noqa: E402
 from serving.llm.chat import ChatService  # noqa: E402
 from serving.llm.transformers_engine import load_causal_lm  # noqa: E402
 from serving.repository.store import load_repository  # noqa: E402
@@ -144,6 +145,13 @@ async def load(url: str, work: Work, streams: int) -> dict[str, float]:
     }
 
 
+def memory_mib(pid: int) -> tuple[float, float]:
+    """A process's resident set now and at its peak (VmRSS, VmHWM), in MiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
+                  .splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -157,7 +165,8 @@ def main() -> None:
     works = {n: workload(max(8, n * args.requests_per_stream), args.max_tokens)
              for n in (1, 4, 16)}
 
-    resources = load_repository(ROOT / "model_repo").llms[MODEL].resources
+    manifest = load_repository(ROOT / "model_repo").llms[MODEL]
+    resources, deployment = manifest.resources, deployment_name(MODEL, manifest.served_version)
     threads = args.threads or resources.threads or max(1, int(resources.cpus))
     base_work = works[16][: args.baseline_requests]
     print(f"baseline: generate() one at a time, {len(base_work)} requests, {threads} torch "
@@ -175,11 +184,14 @@ def main() -> None:
         asyncio.run(load(server.url, works[16][:16], 16))  # warm-up
         for streams, work in works.items():
             rows[streams] = r = asyncio.run(load(server.url, work, streams))
+            rss = {pid: memory_mib(pid) for pid in server.replica_pids(deployment)}
             print(f"{streams:>2} streams: {r['tokens_per_s']:7.1f} tokens/s  "
                   f"TTFT p50 {r['ttft_p50'] * 1e3:6.0f} ms p99 {r['ttft_p99'] * 1e3:6.0f} ms "
                   f"(cold burst max {r['ttft_cold_max'] * 1e3:5.0f} ms)  "
                   f"ITL p50 {r['itl_p50'] * 1e3:5.1f} ms p99 {r['itl_p99'] * 1e3:6.1f} ms  "
                   f"({int(r['requests'])} requests, {int(r['failed'])} failed)", flush=True)
+    for pid, (now, peak) in rss.items():
+        print(f"LLM replica {pid}: RSS {now:.0f} MiB, peak {peak:.0f} MiB (after 16 streams)")
     after = baseline(base_work, threads)
     print(f"baseline generate() after serving: {after:.1f} tokens/s", flush=True)
     base = max(before, after)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from serving.cli.support import RepoOpt, console, fail
 from serving.errors import ModelLoadError
-from serving.repository.importer import ImportOptions, import_model, split_list
+from serving.repository.importer import ImportOptions, import_model, parse_shape, split_list
 from serving.repository.store import DEFAULT_REPO, load_repository
 
 models_app = typer.Typer(help="Inspect and check the model repository.")
@@ -72,7 +72,8 @@ def models_check(repo: RepoOpt = DEFAULT_REPO) -> None:
 @models_app.command("import")
 def models_import(
     path: Annotated[Path, typer.Argument(
-        help="An ONNX or GGUF file, or a MONAI bundle, Hugging Face or PEFT folder.")],
+        help="An ONNX, TorchScript (.ts/.pt) or GGUF file, or a MONAI bundle, Hugging Face "
+        "or PEFT folder.")],
     name: Annotated[str, typer.Option(
         help="Model name in the repository (and every URL); LLM:ADAPTER for a PEFT adapter.")],
     version: Annotated[
@@ -93,6 +94,10 @@ def models_import(
         str | None, typer.Option(help="DICOM modalities accepted, e.g. CR,DX.")
     ] = None,
     description: Annotated[str | None, typer.Option(help="One line for `medserve models`.")] = None,
+    input_shape: Annotated[
+        str | None, typer.Option(help="TorchScript: the input's shape without the batch axis, "
+                                 "C,H,W or C,D,H,W (the file does not say it).")
+    ] = None,
     repo: RepoOpt = DEFAULT_REPO,
 ) -> None:
     """Copy a model into the repository, write or extend its manifest (sha256, tensors and
@@ -100,7 +105,8 @@ def models_import(
     try:
         options = ImportOptions(name=name, version=version, intended_use=intended_use,
                                 task=task, labels=split_list(labels),
-                                modalities=split_list(modalities), description=description)
+                                modalities=split_list(modalities), description=description,
+                                input_shape=parse_shape(input_shape))
         manifest = import_model(repo, path, options)
     except ModelLoadError as exc:
         raise fail(exc.message) from None

@@ -48,10 +48,7 @@ from serving.schema.base import VERSION
 from serving.schema.imaging import ModelManifest, TensorSpec
 from serving.schema.llm import LLMManifest
 
-NOT_YET = {
-    "torchscript": "a TorchScript file (its input shape is not in the file: write the manifest "
-    "by hand, `weights.format: torchscript`)",
-}
+NOT_YET: dict[str, str] = {}  # formats detected but not importable yet, and why
 CONTENT_TYPES = {
     "classification": ["application/dicom", "image/png"],
     "detection": ["multipart/form-data", "application/zip"],
@@ -75,6 +72,7 @@ class ImportOptions:
     labels: list[str] | None = None
     modalities: list[str] | None = None
     description: str | None = None
+    input_shape: list[int] | None = None  # one input, without the batch axis (TorchScript)
 
 
 def detect_format(path: Path) -> str:
@@ -216,6 +214,48 @@ def _bundle_plan(source: Path, o: ImportOptions, existing: dict[str, Any] | None
     return Plan(doc, version, lambda target: _copy_tree(source, target))
 
 
+def _torchscript_plan(source: Path, o: ImportOptions,
+                      existing: dict[str, Any] | None) -> Plan:
+    """A TorchScript file as the whole network (`weights.format: torchscript`, no
+    architecture). The file has no tensor shapes, so a new model names its input's
+    (`--input-shape`) and the output's is found by running the network once on zeros."""
+    version = o.version or _next_version(existing)
+    entry = _version(version, "model.ts", "torchscript", source)
+    if existing:
+        doc = _extend(existing, entry)
+    else:
+        if not o.input_shape:
+            raise ModelLoadError(f"{source}: a TorchScript file does not say its input shape: "
+                                 "pass --input-shape C,H,W (or C,D,H,W for CT)")
+        out_shape = scripted_output_shape(source, o.input_shape)
+        x = TensorSpec(name="input", datatype="FP32", shape=[-1, *o.input_shape])
+        y = TensorSpec(name="output", datatype="FP32", shape=[-1, *out_shape])
+        task = o.task or ("detection" if len(out_shape) == 4 else "classification")
+        doc = _new(source, o, entry, task=task, x=x, y=y, labels=o.labels,
+                   intended_use=o.intended_use, description=o.description or source.name,
+                   modalities=o.modalities)
+        doc["preprocessing"] = _preprocessing(source, task, x)
+    return Plan(doc, version, lambda target: _copy_file(source, target / "model.ts"))
+
+
+def scripted_output_shape(source: Path, input_shape: list[int]) -> list[int]:
+    """The output shape (without batch) of a TorchScript network run once on zeros."""
+    import torch
+
+    try:
+        net = torch.jit.load(str(source), map_location="cpu").eval()
+        with torch.inference_mode():
+            out = net(torch.zeros(1, *input_shape))
+    except Exception as exc:  # torch raises RuntimeError, ValueError... for bad files/shapes
+        text = " ".join(str(exc).split())[:300]
+        raise ModelLoadError(f"{source}: cannot run it as TorchScript on input "
+                             f"{[1, *input_shape]} ({text})") from None
+    if not isinstance(out, torch.Tensor):
+        raise ModelLoadError(f"{source}: the network returns {type(out).__name__}, not one "
+                             "tensor")
+    return list(out.shape[1:])
+
+
 def _existing(path: Path, kind: str) -> dict[str, Any] | None:
     if not path.is_file():
         return None
@@ -339,6 +379,20 @@ def split_list(value: str | None) -> list[str] | None:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def parse_shape(value: str | None) -> list[int] | None:
+    """`C,H,W` -> [C, H, W] (positive integers)."""
+    if value is None:
+        return None
+    try:
+        dims = [int(part) for part in value.split(",")]
+    except ValueError:
+        dims = []
+    if not dims or min(dims) < 1:
+        raise ModelLoadError(f"input shape {value!r}: give positive integers separated by "
+                             "commas, e.g. 1,224,224")
+    return dims
+
+
 def _new(
     source: Path, o: ImportOptions, entry: dict[str, Any], *, task: str, x: TensorSpec,
     y: TensorSpec, labels: list[str] | None, intended_use: str | None, description: str,
@@ -399,6 +453,7 @@ def _yaml(doc: dict[str, Any]) -> str:
 
 PLANNERS: dict[str, Callable[[Path, ImportOptions, dict[str, Any] | None], Plan]] = {
     "onnx": _onnx_plan,
+    "torchscript": _torchscript_plan,
     "monai_bundle": _bundle_plan,
     "hf_checkpoint": _hf_plan,
     "gguf": _gguf_plan,

@@ -44,6 +44,25 @@ class ServerProcess:
     def host_port(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def session_processes(self) -> Iterator[tuple[int, str]]:
+        """(pid, command line) of every process in the server's session: its Ray processes."""
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            try:
+                if os.getsid(pid) != self.pid:
+                    continue
+                cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, ProcessLookupError):
+                continue
+            yield pid, cmdline.strip()
+
+    def replica_pids(self, deployment: str, app: str = "medserve") -> list[int]:
+        """PIDs of the Serve replica processes of one deployment (Ray names them by title)."""
+        title = f"ray::ServeReplica:{app}:{deployment}"
+        return [pid for pid, cmd in self.session_processes() if cmd == title]
+
     def wait_ready(self, timeout_s: float = 420.0) -> None:
         def ready() -> bool:
             if self.proc.poll() is not None:

@@ -5,8 +5,7 @@ replica processes, and its model metrics. (A trimmed repository with edited mani
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +31,6 @@ def binary_infer(name: str, array: Any) -> tuple[bytes, dict[str, str]]:
     }]}).encode()
     return header + raw, {"Inference-Header-Content-Length": str(len(header)),
                           "Content-Type": "application/octet-stream"}
-
-
-def _session_processes(server: Server) -> Iterable[tuple[int, str]]:
-    """(pid, command line) of every process in the server's session: its Ray processes."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            if os.getsid(pid) != server.pid:
-                continue
-            cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ProcessLookupError):
-            continue
-        yield pid, cmdline.strip()
-
-
-def replica_pids(server: Server, deployment: str, app: str = "medserve") -> list[int]:
-    """PIDs of the Serve replica processes of one deployment (Ray names them by title)."""
-    title = f"ray::ServeReplica:{app}:{deployment}"
-    return [pid for pid, cmd in _session_processes(server) if cmd == title]
 
 
 def _samples(server: Server, name: str, labels: Mapping[str, str]) -> list[Any]:

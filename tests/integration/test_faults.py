@@ -23,7 +23,7 @@ from serving.app import deployment_name
 from serving.testing.process import ServerProcess, running_server
 from serving.testing.samples import make_png
 from tests.conftest import MODEL_REPO, ROOT
-from tests.integration.harness import ready_replicas, replica_pids, write_config
+from tests.integration.harness import ready_replicas, write_config
 from tests.prom import eventually
 
 CXR = "/v1/imaging/cxr-triage/predict"
@@ -57,7 +57,7 @@ def _recovered(server: ServerProcess, deployment: str, model: str, killed: int,
     """Serve replaced the dead replica: a new process took its place and a replica that was
     not there before reports its model loaded and ready."""
     def check() -> None:
-        pids = replica_pids(server, deployment)
+        pids = server.replica_pids(deployment)
         assert killed not in pids and len(pids) == want, pids
         assert ready_replicas(server, model) - replicas_before
     return check
@@ -68,7 +68,7 @@ def test_killing_an_imaging_replica_under_load_loses_no_request(
 ) -> None:
     # The server is ready once each model answers; the second replica may still be loading.
     replicas = eventually(lambda: _ready(fault_server, "cxr-triage", 2), 180)
-    before = replica_pids(fault_server, CXR_DEPLOYMENT)
+    before = fault_server.replica_pids(CXR_DEPLOYMENT)
     assert len(before) == 2
     png = make_png()
     outcomes: list[Outcome] = []
@@ -127,7 +127,7 @@ def _events(lines: list[str]) -> list[dict | str]:
 def test_killing_the_llm_replica_ends_streams_with_an_error_and_new_ones_succeed(
     fault_server: ServerProcess,
 ) -> None:
-    (pid,) = replica_pids(fault_server, LLM_DEPLOYMENT)
+    (pid,) = fault_server.replica_pids(LLM_DEPLOYMENT)
     replicas = eventually(lambda: _ready(fault_server, "clinical-llm", 1))
     lines: list[str] = []
     with httpx.Client(base_url=fault_server.url, timeout=120) as client:

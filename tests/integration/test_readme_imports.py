@@ -52,3 +52,13 @@ def test_the_readme_bundle_import_example_runs_as_written(tmp_path: Path) -> Non
     make_bundle(tmp_path / "path" / "to" / "bundle")
     run_readme_block(code, tmp_path, tmp_path / "repo")
     assert load_repository(tmp_path / "repo").manifest("cxr-view").labels == LABELS
+
+
+def test_the_readme_torchscript_example_runs_as_written(tmp_path: Path) -> None:
+    (code,) = [c for c in readme_import_examples() if "vendor-ts.ts" in c]
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Sigmoid()).eval()
+    torch.jit.trace(net, torch.zeros(1, 1, 64, 64)).save(str(tmp_path / "vendor-ts.ts"))
+    run_readme_block(code, tmp_path, tmp_path / "repo")
+    manifest = load_repository(tmp_path / "repo").manifest("vendor-ts")
+    assert manifest.labels == ["Effusion", "Nodule"] and manifest.outputs[0].shape == [-1, 2]
