@@ -24,6 +24,7 @@ from ray.serve.context import _get_serve_request_context
 from serving.errors import ModelNotFound
 from serving.llm.chat import ChatRequest, ChatService
 from serving.llm.engine import Engine, select_engine
+from serving.protocol.headers import accepted_request_id
 from serving.repository.store import load_repository
 
 log = logging.getLogger("ray.serve")
@@ -140,7 +141,8 @@ class LLMModel:
         slot = await self._adapter(adapter_name) if adapter_name else None
         # The engine keys sequences by id: the Serve id ties logs together, the suffix keeps a
         # retried request from colliding with its first attempt.
-        request_id = f"{_get_serve_request_context().request_id or 'chat'}-{uuid.uuid4().hex[:8]}"
+        serve_id = accepted_request_id(_get_serve_request_context().request_id)
+        request_id = f"{serve_id}-{uuid.uuid4().hex[:8]}"
         events = self.chat_service.stream(
             request_id, ChatRequest(**request), slot.handle if slot else None
         )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 from fastapi import FastAPI, Request
 from ray.serve.context import _get_serve_request_context
 
@@ -14,6 +12,7 @@ from serving.http.error_map import install_error_handlers
 from serving.http.gateway_api import GatewayAPI
 from serving.http.request_metrics import install_metrics
 from serving.http.routes import imaging, oip, openai
+from serving.protocol.headers import accepted_request_id
 
 
 def create_app(gateway: GatewayAPI) -> FastAPI:
@@ -38,9 +37,10 @@ def create_app(gateway: GatewayAPI) -> FastAPI:
 
     @app.middleware("http")
     async def request_id(request: Request, call_next):
-        # Serve's proxy assigns the id and returns it as the X-Request-ID header; the body and
-        # the audit trail use the same one.
-        request.state.request_id = _get_serve_request_context().request_id or uuid.uuid4().hex
+        # Serve's proxy takes the client's X-Request-ID (or makes one) and returns it as the
+        # response header; the body and the audit trail use the same one when it is a bounded
+        # token, and a fresh one otherwise (the proxy still echoes the client's header).
+        request.state.request_id = accepted_request_id(_get_serve_request_context().request_id)
         return await call_next(request)
 
     install_error_handlers(app)

@@ -182,6 +182,28 @@ def test_audit_log_lines(auth: AuthServer) -> None:
     assert predict["version"] == "1" and predict["method"] == "POST"
 
 
+def test_only_a_well_formed_client_request_id_reaches_the_audit_trail(auth: AuthServer) -> None:
+    """A bounded token is adopted (hospital apps correlate with it); free text that could
+    forge an audit or log line, or bloat it, is replaced by a fresh id."""
+    forged = '1", "tenant": "clinic-a"} FORGED ' + "A" * 3000
+    adopted = "trace-7f3a9c.01"
+    key = {"Authorization": f"Bearer {auth.keys['research']}"}
+    for rid in (forged, adopted):
+        r = httpx.get(auth.server.url + "/v2/models/cxr-triage", timeout=60,
+                      headers={**key, "X-Request-ID": rid})
+        assert r.status_code == 200
+    deadline = time.monotonic() + 30
+    while True:  # the gateway writes each line once the response is sent
+        text = auth.audit.read_text() if auth.audit.exists() else ""
+        if adopted in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)  # polling interval
+    ids = [json.loads(line)["request_id"] for line in text.splitlines()]
+    assert adopted in ids
+    assert "FORGED" not in text
+    assert all(0 < len(i) <= 64 for i in ids)
+
+
 def test_load_tests_authenticate_as_their_tenants(auth: AuthServer, tmp_path: Path) -> None:
     """`medserve loadtest` sends each profile tenant's key (from the environment only): its
     requests are served, and the audit trail names the tenant."""

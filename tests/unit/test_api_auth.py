@@ -17,6 +17,7 @@ from serving.http.auth import FORBIDDEN, Auth, allowed, authenticate, authorize
 from serving.http.error_map import install_error_handlers
 from serving.http.request_metrics import RequestMetrics
 from serving.observability.metrics import ModelLabels
+from serving.protocol.headers import accepted_request_id
 
 KNOWN = {"cxr-triage", "clinical-llm"}
 A_KEY, B_KEY = "key-of-clinic-a", "key-of-research"
@@ -161,3 +162,13 @@ def test_audit_log_has_one_safe_line_per_request(tmp_path: Path) -> None:
         assert set(x) == {"ts", "tenant", "model", "version", "route", "method", "status",
                           "latency_ms", "request_id"}
         assert x["ts"].endswith("Z") and x["latency_ms"] >= 0 and x["request_id"] == "rid-1"
+
+
+def test_request_ids_are_adopted_only_as_bounded_tokens() -> None:
+    for good in ("3f2b6c1e-8d4a-4c1b-9a57-0e6d2f1c9b3a", "trace-7f3a9c.01", "a" * 64):
+        assert accepted_request_id(good) == good
+    for bad in (None, "", "a" * 65, "-starts-with-dash", 'x", "tenant": "forged', "a b",
+                "line\nbreak", "é"):
+        fresh = accepted_request_id(bad)
+        assert fresh != bad and len(fresh) == 32 and fresh.isalnum()
+    assert accepted_request_id(None) != accepted_request_id(None)
