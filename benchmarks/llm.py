@@ -38,7 +38,7 @@ from serving.app import deployment_name  # noqa: E402
 from serving.llm.chat import ChatService  # noqa: E402
 from serving.llm.transformers_engine import load_causal_lm  # noqa: E402
 from serving.repository.store import load_repository  # noqa: E402
-from serving.testing.process import running_server  # noqa: E402
+from serving.testing.process import memory_mib, running_server  # noqa: E402
 
 MODEL = "clinical-llm"
 QUESTIONS = [
@@ -143,13 +143,6 @@ async def load(url: str, work: Work, streams: int) -> dict[str, float]:
         "itl_p50": percentile(gaps, 50), "itl_p99": percentile(gaps, 99),
         "requests": len(results), "failed": failed,
     }
-
-
-def memory_mib(pid: int) -> tuple[float, float]:
-    """A process's resident set now and at its peak (VmRSS, VmHWM), in MiB."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
-                  .splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
 def main() -> None:

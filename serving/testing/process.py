@@ -24,6 +24,13 @@ from serving.polling import poll_until
 READY_PATH = "/v2/health/ready"
 
 
+def memory_mib(pid: int) -> tuple[float, float]:
+    """A process's resident set now and at its peak (VmRSS, VmHWM), in MiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
+                  .splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
 @dataclass
 class ServerProcess:
     proc: subprocess.Popen[bytes]
@@ -57,6 +64,11 @@ class ServerProcess:
             except (OSError, ProcessLookupError):
                 continue
             yield pid, cmdline.strip()
+
+    def serve_processes(self) -> dict[int, str]:
+        """pid -> title of the Serve proxy and every replica (gateway and models)."""
+        return {pid: cmd for pid, cmd in self.session_processes()
+                if cmd.startswith(("ray::ServeReplica:", "ray::ProxyActor"))}
 
     def replica_pids(self, deployment: str, app: str = "medserve") -> list[int]:
         """PIDs of the Serve replica processes of one deployment (Ray names them by title)."""
