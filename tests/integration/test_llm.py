@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -206,14 +207,29 @@ def _llm_total(server: Server, name: str, **labels: str) -> float:
     return metric_total(server, name, model=LLM, **labels)
 
 
+def _settled(server: Server, name: str, **labels: str) -> float:
+    """A metric's value once Ray's export (every second here) has caught up with the requests
+    already answered: two reads 2 s apart agree."""
+    last = _llm_total(server, name, **labels)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(2)  # two export intervals
+        now = _llm_total(server, name, **labels)
+        if now == last:
+            return now
+        last = now
+    raise AssertionError(f"{name} still moving after 60 s")
+
+
 def test_client_disconnect_mid_stream_frees_its_slot(server: Server, client: openai.OpenAI) -> None:
     """Clients that walk away mid-stream cancel their generation: the engine's running
     count drops back to zero without any of them reaching its end (a finished request
     records its duration once), and the server goes on serving. The base model counts to 400
     (a reply far longer than the time the cancellation takes to arrive); tests run one at a
-    time, so its duration count moves only with these streams."""
+    time, so once the earlier tests' requests are exported its duration count moves only with
+    these streams."""
     finished = f"{LLM_DURATION}_count"
-    before = _llm_total(server, finished, adapter=NONE)
+    before = _settled(server, finished, adapter=NONE)
     counting = [{"role": "user", "content": "Count from 1 to 400, one number per line."}]
     body = {"model": LLM, "messages": counting, "max_tokens": 400, "stream": True,
             "temperature": 0}
