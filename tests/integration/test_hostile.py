@@ -25,10 +25,11 @@ BOUND_MIB = 1024  # what one refused request may add to any process's peak
 
 
 def _peaks(server: Server) -> dict[str, float]:
+    """Peak RSS by process, named by its actor (the title without the running method)."""
     peaks: dict[str, float] = {}
     for pid, title in server.serve_processes().items():
         try:
-            peaks[f"{title} ({pid})"] = memory_mib(pid)[1]
+            peaks[f"{title.split('.')[0]} ({pid})"] = memory_mib(pid)[1]
         except OSError:  # a replica that went away meanwhile (autoscaling)
             continue
     return peaks
