@@ -71,9 +71,11 @@ class ServerProcess:
                 if cmd.startswith(("ray::ServeReplica:", "ray::ProxyActor"))}
 
     def replica_pids(self, deployment: str, app: str = "medserve") -> list[int]:
-        """PIDs of the Serve replica processes of one deployment (Ray names them by title)."""
+        """PIDs of the Serve replica processes of one deployment (Ray titles them by actor,
+        with `.method` appended while a task runs)."""
         title = f"ray::ServeReplica:{app}:{deployment}"
-        return [pid for pid, cmd in self.session_processes() if cmd == title]
+        return [pid for pid, cmd in self.session_processes()
+                if cmd == title or cmd.startswith(f"{title}.")]
 
     def wait_ready(self, timeout_s: float = 420.0) -> None:
         def ready() -> bool:
