@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,11 +26,24 @@ INTENDED = ("General-purpose small assistant for trying Medserve; not a medical 
             "clinician makes every decision.")
 
 
-async def answer(service: ChatService, question: str) -> str:
+def ask(model_dir: Path, manifest: Any, question: str) -> str:
+    """A greedy reply from the CPU engine over the checkpoint folder, with the manifest's
+    system prompt, as a replica would give it."""
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    engine = TransformersEngine(model_dir, {}, manifest.engine, int(tokenizer.eos_token_id),
+                                threads=1)
     request = ChatRequest(messages=[{"role": "user", "content": question}], max_tokens=24,
                           temperature=0.0)
-    parts = [e["text"] async for e in service.stream("q", request, None) if e["type"] == "delta"]
-    return "".join(parts)
+
+    async def reply() -> str:
+        service = ChatService(manifest, tokenizer, engine)
+        return "".join([e["text"] async for e in service.stream("q", request, None)
+                        if e["type"] == "delta"])
+
+    try:
+        return asyncio.run(reply())
+    finally:
+        engine.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +63,9 @@ def test_smollm2_from_its_gguf_answers_a_factual_question(smollm2_repo: Path) ->
     model_dir = loaded.version_dir("smollm2", manifest.served_version)
     assert (model_dir / "model.safetensors").stat().st_size > 400e6  # fp32, dequantized
     assert (model_dir / "chat_template.jinja").is_file()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    engine = TransformersEngine(model_dir, {}, manifest.engine, int(tokenizer.eos_token_id),
-                                threads=1)
-    try:
-        service = ChatService(manifest, tokenizer, engine)
-        reply = asyncio.run(answer(service, "What is the capital of France?"))
-        print(f"\nSmolLM2: capital of France -> {reply!r}")
-        assert "Paris" in reply
-    finally:
-        engine.shutdown()
+    reply = ask(model_dir, manifest, "What is the capital of France?")
+    print(f"\nSmolLM2: capital of France -> {reply!r}")
+    assert "Paris" in reply
 
 
 def test_a_gguf_of_an_unknown_architecture_is_refused(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ base, answers a factual question (random weights cannot)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -16,12 +15,11 @@ from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from serving.cli.main import app
-from serving.llm.chat import ChatRequest, ChatService
-from serving.llm.transformers_engine import TransformersEngine
 from serving.repository.hf_checkpoint import load_causal_lm
 from serving.repository.lora_training import TRAINING_RECORD, split_corpus, text_loss
 from serving.repository.store import load_repository
 from tests.conftest import MODEL_REPO
+from tests.integration.test_gguf_import import ask
 
 LLM = "clinical-llm"
 
@@ -68,25 +66,11 @@ def test_the_training_record_matches_what_is_served(shipped: tuple[Any, Path]) -
         assert record["train_loss_last"] < record["train_loss_first"]
 
 
-async def _answer(service: ChatService, question: str) -> str:
-    request = ChatRequest(messages=[{"role": "user", "content": question}], max_tokens=40,
-                          temperature=0.0)
-    parts = [e["text"] async for e in service.stream("q", request, None) if e["type"] == "delta"]
-    return "".join(parts)
-
-
 def test_the_shipped_base_answers_in_coherent_english(shipped: tuple[Any, Path]) -> None:
     manifest, model_dir = shipped
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    engine = TransformersEngine(model_dir, {}, manifest.engine, int(tokenizer.eos_token_id),
-                                threads=2)
-    try:
-        service = ChatService(manifest, tokenizer, engine)
-        reply = asyncio.run(_answer(service, "What is the capital of France?"))
-        print(f"\n{LLM}: capital of France -> {reply!r}")
-        assert "Paris" in reply
-    finally:
-        engine.shutdown()
+    reply = ask(model_dir, manifest, "Which gas do plants absorb from the air?")
+    print(f"\n{LLM}: gas plants absorb -> {reply!r}")
+    assert "carbon dioxide" in reply.lower()
 
 
 def test_cli_lists_checks_and_retrains_a_missing_adapter(tmp_path: Path) -> None:
