@@ -18,7 +18,7 @@ from pathlib import Path
 from serving.errors import ModelLoadError
 from serving.repository.checksums import sha256_file
 from serving.repository.hf_checkpoint import dequantize_gguf
-from serving.repository.lora_training import TrainingJob, train_adapters
+from serving.repository.lora_training import TrainingJob, split_corpus, train_adapters
 from serving.repository.store import Repository
 from serving.schema.llm import LLMVersion, PackagedGGUF
 
@@ -75,6 +75,10 @@ def build_llm(repo: Repository, name: str, force: bool = False) -> list[Path]:
                 if not text.is_file():
                     raise ModelLoadError(f"adapter {job.adapter.name}: training text {text} "
                                          "is missing")
+            assert job.adapter.train is not None
+            if not split_corpus(job.corpus, job.adapter.train.holdout_every)[0]:
+                raise ModelLoadError(f"adapter {job.adapter.name}: {job.corpus} has no "
+                                     "training lines")
             shutil.rmtree((out / job.adapter.weights.file).parent, ignore_errors=True)
         if jobs:
             written += train_adapters(out, jobs)

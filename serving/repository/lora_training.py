@@ -172,8 +172,6 @@ def _fit(model: Any, own: list[list[int]], replay: list[list[int]], spec: Any) -
     `replay_fraction` of replay sequences, in a seeded order. Returns the losses."""
     import torch
 
-    if not own:
-        raise ValueError("the training text is empty")
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)

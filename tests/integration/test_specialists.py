@@ -92,3 +92,16 @@ def test_cli_lists_checks_and_retrains_a_missing_adapter(tmp_path: Path) -> None
     assert rebuilt.exit_code == 0, rebuilt.output
     assert rebuilt.output.count("built ") == 1  # the other adapters and the base are kept
     assert runner.invoke(app, ["models", "check", "--repo", str(repo_copy)]).exit_code == 0
+
+
+def test_a_specialty_text_without_training_lines_is_refused_before_training(
+    tmp_path: Path,
+) -> None:
+    repo_copy = tmp_path / "model_repo"
+    shutil.copytree(MODEL_REPO, repo_copy)
+    adapter = load_repository(repo_copy).llms[LLM].adapters[0]
+    assert adapter.train is not None
+    (repo_copy / LLM / adapter.train.corpus).write_text("# only a comment\n")
+    result = CliRunner().invoke(app, ["build-weights", "--repo", str(repo_copy)])
+    assert result.exit_code == 1
+    assert "has no training lines" in result.output and adapter.name in result.output
