@@ -52,6 +52,13 @@ class UnsupportedMediaType(MedserveError):
     error_type = "unsupported_media_type"
 
 
+class NotAcceptable(MedserveError):
+    """The client asked for a result format this route or this input cannot give."""
+
+    status_code = 406
+    error_type = "not_acceptable"
+
+
 class UnprocessableInput(MedserveError):
     """Well-formed input the model cannot take, e.g. a modality it does not accept."""
 

@@ -26,7 +26,9 @@ from serving.backends.triton_backend import TritonBackend
 from serving.errors import ModelLoadError
 from serving.imaging.pipeline import Payload, make_pipeline
 from serving.observability.metrics import ModelMetrics, batch_buckets, latency_buckets
+from serving.protocol.results import ResultFormat
 from serving.repository.store import Repository, load_repository
+from serving.results.encode import encode_result
 
 log = logging.getLogger("ray.serve")
 
@@ -93,17 +95,25 @@ class ImagingModel:
         `ready` and answers 503; Serve restarting this replica would not bring Triton back."""
 
     async def predict(self, payload: Payload) -> dict[str, Any]:
-        """Full pipeline for one study; returns findings and timings in milliseconds."""
+        """Full pipeline for one study; returns findings and timings in milliseconds, and the
+        result encoded as the payload asks (DICOM SR, FHIR) under `encoded`."""
         self._check_loaded()
         t0 = time.perf_counter()
-        x, context = await asyncio.to_thread(self.pipeline.prepare, payload)
+        x, source = await asyncio.to_thread(self.pipeline.prepare, payload)
         t1 = time.perf_counter()
         self.metrics.preprocess.observe(t1 - t0)
         y, queue_s, infer_s = await self.batcher(x)
         t2 = time.perf_counter()
-        findings = self.pipeline.findings(y, context)
+        findings = self.pipeline.findings(y, source)
+        encoded = None
+        if payload.result is not ResultFormat.JSON:
+            encoded = await asyncio.to_thread(
+                encode_result, payload.result, self.manifest, self.version, findings,
+                source.headers,
+            )
         t3 = time.perf_counter()
         return {
+            "encoded": encoded,
             "findings": findings,
             "timings_ms": {
                 "preprocess": round((t1 - t0) * 1e3, 3),

@@ -15,7 +15,7 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 
 import numpy as np
@@ -189,8 +189,22 @@ def _display_intensity(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     return 1.0 - scaled if photometric == "MONOCHROME1" else scaled
 
 
+def header_of(ds: Dataset) -> Dataset:
+    """The instance without its pixels: what a DICOM result references (patient, study,
+    series and instance UIDs) once the image has been decoded."""
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    return ds
+
+
 def decode_radiograph(data: bytes, accepted_modalities: Sequence[str]) -> np.ndarray:
     """One DICOM instance -> float32 [H, W] in [0, 1], as a reader would see it displayed."""
+    return read_radiograph(data, accepted_modalities)[0]
+
+
+def read_radiograph(data: bytes, accepted_modalities: Sequence[str]) -> tuple[np.ndarray, Dataset]:
+    """`decode_radiograph`, plus the instance's header (pixels dropped) for a DICOM result."""
     ds = _read(data, "")
     _check_instance(ds, accepted_modalities, "")
     arr = _pixels(ds, "")
@@ -202,7 +216,7 @@ def decode_radiograph(data: bytes, accepted_modalities: Sequence[str]) -> np.nda
         raise
     except Exception:  # e.g. a LUT or window the standard does not allow
         raise InvalidInput("DICOM intensity transform (LUT or window) is invalid") from None
-    return np.ascontiguousarray(image, dtype=np.float32)
+    return np.ascontiguousarray(image, dtype=np.float32), header_of(ds)
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -241,6 +255,8 @@ class Volume:
 
     hu: np.ndarray  # float32 [X, Y, Z] = (column, row, slice) order
     affine: np.ndarray  # 4x4 voxel (i=column, j=row, k=slice) -> patient coordinates (LPS, mm)
+    # The instances' headers in slice order, pixels dropped: what a DICOM result references.
+    headers: list[Dataset] = field(default_factory=list)
 
 
 def _geometry(ds: Dataset, where: str) -> tuple[str, tuple[int, int], np.ndarray, np.ndarray]:
@@ -308,7 +324,7 @@ def decode_series(
     if np.linalg.norm(in_plane, axis=1).max() > max(0.01, 0.01 * along[-1]):
         raise InvalidInput("slices are not stacked along the slice normal (gantry tilt)")
 
-    slices = []
+    slices, headers = [], []
     for index in order:
         ds, where = datasets[index], f"part {index}: "
         if str(ds.get("PhotometricInterpretation", "")).strip() not in _MONOCHROME:
@@ -320,12 +336,13 @@ def decode_series(
         except Exception:
             raise InvalidInput(f"{where}rescale slope or intercept is malformed") from None
         slices.append((stored.astype(np.float32) * slope + intercept).T)
+        headers.append(header_of(ds))
     affine = np.eye(4)
     affine[:3, 0] = row_dir * col_spacing
     affine[:3, 1] = col_dir * row_spacing
     affine[:3, 2] = normal * spacing
     affine[:3, 3] = pos[0]
-    return Volume(hu=np.stack(slices, axis=2).astype(np.float32), affine=affine)
+    return Volume(hu=np.stack(slices, axis=2).astype(np.float32), affine=affine, headers=headers)
 
 
 def unzip_series(data: bytes, max_members: int, max_total_bytes: int) -> list[bytes]:

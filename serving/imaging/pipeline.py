@@ -6,15 +6,17 @@ model's replicas, not with the gateway's).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from serving.errors import InvalidInput, UnsupportedMediaType
 from serving.imaging.detection import candidates_from_heatmap
-from serving.imaging.dicom import decode_png, decode_radiograph, decode_series
+from serving.imaging.dicom import decode_png, decode_series, read_radiograph
 from serving.imaging.preprocess import CTPreprocessor, RadiographPreprocessor
+from serving.protocol.results import ResultFormat
 from serving.schema.imaging import CTPreprocessing, ModelManifest, RadiographPreprocessing
 
 
@@ -24,6 +26,16 @@ class Payload:
 
     content_type: str
     parts: list[bytes]
+    result: ResultFormat = ResultFormat.JSON
+
+
+@dataclass
+class Source:
+    """What a prediction keeps of its input after decoding: the model grid's affine (CT) and
+    the DICOM headers, pixels dropped, that a DICOM or FHIR result references."""
+
+    affine: np.ndarray | None = None
+    headers: list[Dataset] = field(default_factory=list)
 
 
 class RadiographPipeline:
@@ -32,18 +44,20 @@ class RadiographPipeline:
         self.modalities = manifest.modalities
         self.transform = RadiographPreprocessor(pre.spatial_size, mean=pre.mean, std=pre.std)
 
-    def prepare(self, payload: Payload) -> tuple[np.ndarray, Any]:
+    def prepare(self, payload: Payload) -> tuple[np.ndarray, Source]:
         if len(payload.parts) != 1:
             raise InvalidInput("this model takes exactly one image per request")
+        source = Source()
         if payload.content_type == "image/png":
             image = decode_png(payload.parts[0])
         elif payload.content_type == "application/dicom":
-            image = decode_radiograph(payload.parts[0], self.modalities)
+            image, header = read_radiograph(payload.parts[0], self.modalities)
+            source.headers.append(header)
         else:
             raise UnsupportedMediaType(f"cannot decode {payload.content_type}")
-        return self.transform(image)[None], None
+        return self.transform(image)[None], source
 
-    def findings(self, output: np.ndarray, context: Any) -> list[dict[str, Any]]:
+    def findings(self, output: np.ndarray, source: Source) -> list[dict[str, Any]]:
         probs = output[0]
         ranked = sorted(zip(self.labels, probs.tolist(), strict=True), key=lambda p: -p[1])
         return [{"label": label, "probability": round(p, 6)} for label, p in ranked]
@@ -58,14 +72,15 @@ class CTPipeline:
             max_voxels=pre.max_resampled_voxels,
         )
 
-    def prepare(self, payload: Payload) -> tuple[np.ndarray, Any]:
+    def prepare(self, payload: Payload) -> tuple[np.ndarray, Source]:
         volume = decode_series(payload.parts, self.modalities, min_slices=self.pre.min_slices)
         tensor, affine = self.transform(volume)
-        return tensor[None], affine
+        return tensor[None], Source(affine, volume.headers)
 
-    def findings(self, output: np.ndarray, context: Any) -> list[dict[str, Any]]:
+    def findings(self, output: np.ndarray, source: Source) -> list[dict[str, Any]]:
+        assert source.affine is not None
         found = candidates_from_heatmap(
-            output[0], context, threshold=self.pre.score_threshold,
+            output[0], source.affine, threshold=self.pre.score_threshold,
             max_candidates=self.pre.max_candidates, min_distance_mm=self.pre.min_distance_mm,
         )
         return [{"label": "nodule", **c} for c in found]

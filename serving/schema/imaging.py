@@ -29,6 +29,18 @@ class TensorSpec(Strict):
         return shape
 
 
+class CodedConcept(Strict):
+    """A DICOM coded concept (PS3.3 Code Sequence Macro); FHIR gets it as a Coding."""
+
+    scheme: str = Field(
+        pattern=r"^[A-Z0-9_]{1,16}$",
+        description="Coding scheme designator: SCT (SNOMED CT), DCM, LN (LOINC), or a local "
+        "scheme starting with 99.",
+    )
+    value: str = Field(min_length=1, max_length=64, description="Code value in that scheme.")
+    meaning: str = Field(min_length=1, max_length=64, description="Code meaning, for people.")
+
+
 class Architecture(Strict):
     name: Literal["densenet121", "nodule-centernet"] = Field(
         description="Network family the weights belong to (see serving/repository/networks.py)."
@@ -123,6 +135,11 @@ class ModelManifest(ManifestBase[ModelVersion]):
         Literal["application/dicom", "image/png", "multipart/form-data", "application/zip"]
     ] = Field(description="Request body types the predict route takes.")
     labels: list[str] = Field(description="Output labels, in output-channel order.")
+    finding_codes: dict[str, CodedConcept] = Field(
+        default_factory=dict,
+        description="Coded concept of a label in DICOM SR and FHIR results (e.g. SNOMED CT); a "
+        "label without one is coded in Medserve's local scheme 99MEDSERVE by its name.",
+    )
     architecture: Architecture | None = Field(
         None,
         description="Network the weights belong to; omitted when every version's file carries "
@@ -167,6 +184,9 @@ class ModelManifest(ManifestBase[ModelVersion]):
         unknown = sorted(set(self.traffic or {}) - set(labels))
         if unknown:
             raise ValueError(f"traffic names versions not in versions: {', '.join(unknown)}")
+        uncoded = sorted(set(self.finding_codes) - set(self.labels))
+        if uncoded:
+            raise ValueError(f"finding_codes names labels not in labels: {', '.join(uncoded)}")
         if self.task == "classification" and self.preprocessing.kind != "radiograph":
             raise ValueError("classification models take radiograph preprocessing")
         if self.task == "detection" and self.preprocessing.kind != "ct":

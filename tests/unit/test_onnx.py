@@ -82,7 +82,8 @@ def _tiny(path: Path, batch: int | None, in_channels: int = 1) -> torch.nn.Modul
 
 def _tiny_manifest(path: Path) -> ModelManifest:
     doc = onnx_manifest(path).model_dump()
-    doc.update(labels=["a", "b"], preprocessing={"kind": "radiograph", "spatial_size": [16, 16]},
+    doc.update(labels=["a", "b"], finding_codes={},
+               preprocessing={"kind": "radiograph", "spatial_size": [16, 16]},
                inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 1, 16, 16]}],
                outputs=[{"name": "y", "datatype": "FP32", "shape": [-1, 2]}])
     return ModelManifest.model_validate(doc)

@@ -1,0 +1,1 @@
+"""Imaging results in the hospital's formats: DICOM Structured Report and FHIR R4."""
