@@ -11,7 +11,7 @@ TOOLS_STAMP := $(TOOLS)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup tools prometheus weights serve test lint bench clean
+.PHONY: setup tools prometheus orthanc weights serve test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,17 @@ prometheus:
 	    rm -f $$log; \
 	  else echo "promtool not found: apt-get install prometheus (as root) for its tests"; fi; }
 
+# Debian's orthanc and orthanc-dicomweb give a real PACS (DICOMweb) for the hospital-integration
+# tests. Installed once, as root (CI); elsewhere those tests skip unless MEDSERVE_REQUIRE_ORTHANC=1.
+orthanc:
+	@{ command -v Orthanc >/dev/null 2>&1 && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; } || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    log=$$(mktemp); \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends orthanc orthanc-dicomweb; } >$$log 2>&1 || { cat $$log; exit 1; }; \
+	    rm -f $$log; \
+	  else echo "Orthanc not found: apt-get install orthanc orthanc-dicomweb (as root) for its tests"; fi; }
+
 weights: $(STAMP)
 	$(BIN)/medserve build-weights
 	$(BIN)/medserve models check
@@ -52,7 +63,7 @@ weights: $(STAMP)
 serve: weights
 	$(BIN)/medserve serve --host $(HOST) --port $(PORT)
 
-test: weights tools prometheus
+test: weights tools prometheus orthanc
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -101,6 +101,13 @@ class QueueTimeout(MedserveError):
     shed_reason = "queue_timeout"
 
 
+class NotConfigured(MedserveError):
+    """A feature this cluster was not configured for (e.g. study jobs without a PACS)."""
+
+    status_code = 501
+    error_type = "not_configured"
+
+
 class ModelLoadError(MedserveError):
     """A manifest or weights file is invalid: raised at load time, never at request time."""
 

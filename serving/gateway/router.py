@@ -25,6 +25,8 @@ from serving.gateway.admission import AdmissionControl, ModelAdmission, Slot
 from serving.gateway.retry import once_more_if_replica_lost, serve_errors
 from serving.gateway.targets import LLMTarget, Target, handle_key, split_key
 from serving.gateway.traffic import Routing, pick, routing
+from serving.imaging.pipeline import Payload
+from serving.jobs.service import StudyJobs
 from serving.observability.metrics import AdmissionMetrics, latency_buckets
 from serving.protocol.priority import Priority
 from serving.repository.store import load_repository
@@ -54,6 +56,23 @@ class Router:
             self.config.gateway.num_replicas, self.config.http.request_timeout_s
         )
         self._admission_metrics: AdmissionMetrics | None = None
+        # Study analysis jobs (serving/jobs/), when the cluster has a PACS to read from.
+        self.jobs: StudyJobs | None = None
+        if self.config.pacs is not None:
+            self.jobs = StudyJobs(self.config.pacs, self.config, self.repo.models,
+                                  self._predict_for_job)
+
+    async def _predict_for_job(
+        self, model: str, payload: Payload, priority: Priority
+    ) -> tuple[str, dict[str, Any]]:
+        target = self.resolve(model)
+        return target.version, await self.call(target, "predict", payload, priority=priority)
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check: also (re)starts the job workers, so a restarted
+        replica takes up jobs whose replica died without waiting for a request."""
+        if self.jobs is not None:
+            self.jobs.runner.ensure_started()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """A new traffic split, applied in place (a canary step or a rollback)."""

@@ -11,7 +11,7 @@ from serving.http.body import JSONBodyLimit
 from serving.http.error_map import install_error_handlers
 from serving.http.gateway_api import GatewayAPI
 from serving.http.request_metrics import install_metrics
-from serving.http.routes import imaging, oip, openai
+from serving.http.routes import imaging, oip, openai, studies
 from serving.protocol.headers import accepted_request_id
 
 
@@ -48,4 +48,5 @@ def create_app(gateway: GatewayAPI) -> FastAPI:
     app.include_router(oip.router)
     app.include_router(imaging.router)
     app.include_router(openai.router)
+    app.include_router(studies.router)
     return app

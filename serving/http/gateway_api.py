@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 from serving.gateway.targets import LLMTarget, Target
+from serving.jobs.service import StudyJobs
 from serving.protocol.priority import Priority
 from serving.repository.store import Repository
 from serving.schema.cluster import ClusterConfig
@@ -18,6 +19,7 @@ from serving.schema.llm import LLMManifest
 class GatewayAPI(Protocol):
     config: ClusterConfig
     repo: Repository
+    jobs: StudyJobs | None  # study analysis jobs; None without a PACS
 
     @property
     def manifests(self) -> Mapping[str, ModelManifest]: ...

@@ -62,6 +62,52 @@ class AuditConfig(Strict):
     )
 
 
+class PacsConfig(Strict):
+    """The hospital's PACS, over DICOMweb (QIDO-RS, WADO-RS, STOW-RS): where `analyze` jobs read
+    studies from and store their DICOM SR results to (serving/dicomweb/)."""
+
+    url: str = Field(
+        pattern=r"^https?://", description="DICOMweb base URL, e.g. http://pacs:8042/dicom-web."
+    )
+    username_env: str | None = Field(
+        None, description="Environment variable holding the HTTP basic-auth user name."
+    )
+    password_env: str | None = Field(
+        None, description="Environment variable holding the HTTP basic-auth password."
+    )
+    timeout_s: float = Field(
+        30.0, gt=0, description="Deadline of one DICOMweb call; past it the PACS is 'slow'."
+    )
+    attempts: int = Field(
+        4, ge=1, le=20, description="Tries of one DICOMweb call before it fails (back-off)."
+    )
+    backoff_s: float = Field(
+        1.0, gt=0, description="First wait between tries; it doubles, capped at 30 s."
+    )
+
+
+class JobsConfig(Strict):
+    """Study analysis jobs (`POST /v1/studies/{uid}/analyze`): a durable store and workers
+    in the gateway replicas (serving/jobs/)."""
+
+    store_path: str | None = Field(
+        None,
+        description="SQLite file of the jobs; every gateway replica must see the same file "
+        "(one node, or a shared volume). Default: medserve_jobs.sqlite in the Ray session "
+        "directory, which survives replica restarts but not a new Ray cluster.",
+    )
+    max_running: int = Field(2, ge=1, description="Jobs one gateway replica runs at a time.")
+    lease_s: float = Field(
+        30.0, ge=1,
+        description="A running job's lease, renewed while it runs; a job whose replica died "
+        "is taken up again by any gateway once it expires.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Runs of one job (replica lost, PACS down) before it fails."
+    )
+    poll_s: float = Field(1.0, gt=0, description="How often an idle worker looks for jobs.")
+
+
 class RayConfig(Strict):
     num_cpus: int | None = Field(
         None, ge=1, description="Logical CPU slots of the embedded Ray (default: machine cores)."
@@ -76,6 +122,10 @@ class ClusterConfig(Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Tenants and API keys.")
     audit: AuditConfig = Field(default_factory=AuditConfig, description="Request audit log.")
     ray: RayConfig = Field(default_factory=RayConfig)
+    pacs: PacsConfig | None = Field(
+        None, description="The PACS analyze jobs read from and store results to; none: no jobs."
+    )
+    jobs: JobsConfig = Field(default_factory=JobsConfig, description="Study analysis jobs.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where models run: the GPU when present (auto), or forced."
     )

@@ -131,6 +131,12 @@ class ModelManifest(ManifestBase[ModelVersion]):
     )
     task: Literal["classification", "detection"] = Field(description="What the model outputs.")
     modalities: list[str] = Field(description="DICOM Modality values accepted, e.g. [CR, DX].")
+    body_parts: list[str] | None = Field(
+        None,
+        description="BodyPartExamined values a study job routes to this model, e.g. [CHEST]; "
+        "a series that names another body part is not sent to it (one that names none is). "
+        "None: any body part.",
+    )
     content_types: list[
         Literal["application/dicom", "image/png", "multipart/form-data", "application/zip"]
     ] = Field(description="Request body types the predict route takes.")
@@ -164,6 +170,16 @@ class ModelManifest(ManifestBase[ModelVersion]):
     @classmethod
     def _upper(cls, v: list[str]) -> list[str]:
         return [m.upper() for m in v]
+
+    @field_validator("body_parts")
+    @classmethod
+    def _upper_parts(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [b.upper() for b in v]
+
+    def routes(self, modality: str, body_part: str) -> bool:
+        """Whether a study job sends a series of this modality and body part here."""
+        return modality.upper() in self.modalities and (
+            not body_part or self.body_parts is None or body_part.upper() in self.body_parts)
 
     @field_validator("traffic", mode="before")
     @classmethod

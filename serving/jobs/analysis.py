@@ -1,0 +1,95 @@
+"""One study, analysed: which model runs on which series, fetch, predict, store the SR.
+
+A series goes to every chosen model whose manifest accepts its modality and body part
+(`modalities`, `body_parts`): a detector
+(`lung-nodule-ct`) takes the whole series, a classifier (`cxr-triage`) each instance. A model
+that cannot take a series (too few slices, wrong geometry, too large) is skipped with its
+reason, and the others still run; a study nothing could be run on fails. PACS and model
+outages (`Unavailable`) propagate: the job is tried again later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from io import BytesIO
+from typing import Any
+
+from pydicom import dcmread
+
+from serving.dicomweb.pacs import Pacs, SeriesInfo
+from serving.errors import (
+    InvalidInput,
+    MedserveError,
+    PayloadTooLarge,
+    UnprocessableInput,
+    UnsupportedMediaType,
+)
+from serving.imaging.pipeline import Payload
+from serving.protocol.jobs import JobResult, JobSkip
+from serving.protocol.results import ResultFormat
+from serving.schema.imaging import ModelManifest
+
+# model name, payload -> (served version, predict result with the SR under "encoded")
+Predict = Callable[[str, Payload], Awaitable[tuple[str, dict[str, Any]]]]
+# What a model cannot take is a skip; anything else (a 503, a 504) is the job's problem.
+SKIPPABLE = (InvalidInput, UnprocessableInput, PayloadTooLarge, UnsupportedMediaType)
+
+
+class NothingToAnalyze(UnprocessableInput):
+    """No chosen model accepts any series of the study."""
+
+
+def plan(series: Sequence[SeriesInfo], models: Sequence[str],
+         manifests: Mapping[str, ModelManifest]) -> list[tuple[str, SeriesInfo]]:
+    """(model, series) pairs: each series with every chosen model whose manifest takes its
+    modality and body part."""
+    return [(name, s) for s in series for name in models
+            if manifests[name].routes(s.modality, s.body_part)]
+
+
+def _payloads(manifest: ModelManifest, parts: list[bytes]) -> list[Payload]:
+    if manifest.task == "detection":
+        return [Payload("application/dicom", parts, ResultFormat.DICOM_SR)]
+    return [Payload("application/dicom", [p], ResultFormat.DICOM_SR) for p in parts]
+
+
+def _sop_instance_uid(sr: bytes) -> str:
+    return str(dcmread(BytesIO(sr), stop_before_pixels=True).SOPInstanceUID)
+
+
+async def analyze_study(
+    study_uid: str, models: Sequence[str], manifests: Mapping[str, ModelManifest],
+    pacs: Pacs, predict: Predict,
+) -> tuple[list[JobResult], list[JobSkip]]:
+    series = await asyncio.to_thread(pacs.series, study_uid)
+    pairs = plan(series, models, manifests)
+    if not pairs:
+        raise NothingToAnalyze("no series of the study has a modality and body part the chosen "
+                               "models take")
+    results: list[JobResult] = []
+    skipped: list[JobSkip] = []
+    fetched: dict[str, list[bytes]] = {}
+    for name, s in pairs:
+        try:
+            if s.uid not in fetched:  # pairs come series by series: hold one series at a time
+                fetched = {s.uid: await asyncio.to_thread(pacs.instances, study_uid, s)}
+            for payload in _payloads(manifests[name], fetched[s.uid]):
+                version, result = await predict(name, payload)
+                sr: bytes = result["encoded"]
+                await asyncio.to_thread(pacs.store, sr)
+                results.append(JobResult(
+                    model=name, version=version, series_instance_uid=s.uid,
+                    sop_instance_uid=_sop_instance_uid(sr), findings=len(result["findings"]),
+                ))
+        except SKIPPABLE as exc:
+            skipped.append(JobSkip(model=name, series_instance_uid=s.uid,
+                                   reason=_reason(exc)))
+    if not results:
+        raise NothingToAnalyze("no model could analyse any series of the study: " +
+                               "; ".join(f"{s.model}: {s.reason}" for s in skipped))
+    return results, skipped
+
+
+def _reason(exc: MedserveError) -> str:
+    return f"{exc.status_code} {exc.message}"

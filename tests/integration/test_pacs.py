@@ -1,0 +1,217 @@
+"""Study analysis with a real PACS: Orthanc (Debian's, with its DICOMweb plugin) holds the
+studies; `POST /v1/studies/{uid}/analyze` pulls them (WADO-RS), runs the models and stores the
+DICOM SR back (STOW-RS); the SR is then found in Orthanc by QIDO-RS and read with highdicom.
+
+The shared server's `pacs:` is the session's Orthanc (tests/conftest.py). One radiograph is
+a real NEMA chest CR (pydicom-data, JPEG 2000), the CT series is synthetic with a nodule.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from io import BytesIO
+from pathlib import Path
+
+import highdicom as hd
+import httpx
+import numpy as np
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from serving.app import GATEWAY
+from serving.testing.orthanc import OrthancProcess, start_orthanc
+from serving.testing.samples import make_ct_series, make_radiograph, zip_series
+from tests.conftest import Server
+from tests.orthanc import require
+from tests.prom import eventually
+
+NEMA_CHEST = Path(get_testdata_file("RG1_J2KI.dcm")).read_bytes()  # CR, chest PA
+
+
+@pytest.fixture(scope="module")
+def orthanc(pacs: OrthancProcess | None) -> OrthancProcess:
+    return require(pacs)
+
+
+def _client(orthanc: OrthancProcess) -> DICOMwebClient:
+    session = requests.Session()
+    session.auth = orthanc.auth
+    return DICOMwebClient(orthanc.dicomweb_url, session=session)
+
+
+def _store(orthanc: OrthancProcess, parts: list[bytes]) -> Dataset:
+    datasets = [dcmread(BytesIO(p)) for p in parts]
+    _client(orthanc).store_instances(datasets)
+    return datasets[0]
+
+
+def _analyze(server: Server, study: str, **kw) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/studies/{study}/analyze", timeout=60, **kw)
+
+
+def _job(server: Server, url: str) -> dict:
+    """The job now; a gateway that is restarting counts as 'not yet'."""
+    try:
+        r = httpx.get(server.url + url, timeout=10)
+    except httpx.HTTPError as exc:
+        raise AssertionError(f"gateway unreachable: {exc}") from None
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _wait(server: Server, url: str, timeout_s: float = 180) -> dict:
+    def finished() -> dict:
+        job = _job(server, url)
+        assert job["status"] in ("done", "failed"), job
+        return job
+    return eventually(finished, timeout_s=timeout_s, every_s=0.2)
+
+
+def _srs(orthanc: OrthancProcess, study: str) -> list[dict]:
+    """The study's SR instances in the PACS, by QIDO-RS."""
+    return _client(orthanc).search_for_instances(study, search_filters={"Modality": "SR"})
+
+
+def _predict(server: Server, model: str, content: bytes, ctype: str) -> list[dict]:
+    r = httpx.post(f"{server.url}/v1/imaging/{model}/predict", content=content,
+                   headers={"Content-Type": ctype}, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()["findings"]
+
+
+def _retrieve_sr(orthanc: OrthancProcess, study: str, result: dict) -> Dataset:
+    """The job's SR, by WADO-RS, found by QIDO-RS among the study's SR instances."""
+    (found,) = [i for i in _srs(orthanc, study)
+                if i["00080018"]["Value"][0] == result["sop_instance_uid"]]
+    return _client(orthanc).retrieve_instance(study, found["0020000E"]["Value"][0],
+                                              result["sop_instance_uid"])
+
+
+def test_a_ct_study_round_trip_stores_an_sr_equal_to_the_json_result(
+    server: Server, orthanc: OrthancProcess,
+) -> None:
+    parts = make_ct_series(seed=21)
+    source = _store(orthanc, parts)
+    study = source.StudyInstanceUID
+    start = time.perf_counter()
+    r = _analyze(server, study)
+    assert r.status_code == 202, r.text
+    assert r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
+    assert r.json()["status"] in ("queued", "running")
+    job = _wait(server, r.headers["location"])
+    elapsed = time.perf_counter() - start
+    print(f"\nCT series ({len(parts)} slices) round trip: {elapsed:.2f} s")
+    assert job["status"] == "done", job
+    (result,) = job["results"]
+    assert result["model"] == "lung-nodule-ct" and result["version"] == "1"
+    assert result["series_instance_uid"] == source.SeriesInstanceUID
+
+    (found,) = _srs(orthanc, study)  # QIDO-RS finds it in the PACS
+    assert found["00080018"]["Value"][0] == result["sop_instance_uid"]
+    sr = _retrieve_sr(orthanc, study, result)
+    assert sr.PatientID == source.PatientID and sr.StudyInstanceUID == study
+    texts = {str(e.value) for e in sr.iterall() if e.keyword == "TextValue"}
+    assert "lung-nodule-ct" in texts and any(t.startswith("Intended use:") for t in texts)
+    groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content \
+        .get_planar_roi_measurement_groups()
+    want = _predict(server, "lung-nodule-ct", zip_series(parts), "application/zip")
+    assert want and len(groups) == len(want) == result["findings"]
+    for group, finding in zip(groups, want, strict=True):
+        np.testing.assert_allclose(group.roi.value[0], finding["centre_mm"], atol=1e-4)
+        (diameter,) = group.get_measurements(name=codes.SCT.Diameter)
+        assert float(diameter.value) == pytest.approx(finding["diameter_mm"], abs=1e-4)
+
+    # Again: the same model version on the same series is the same SR, stored once.
+    again = _wait(server, _analyze(server, study).headers["location"])
+    assert again["results"][0]["sop_instance_uid"] == result["sop_instance_uid"]
+    assert len(_srs(orthanc, study)) == 1
+
+
+def test_a_real_chest_radiograph_round_trip(server: Server, orthanc: OrthancProcess) -> None:
+    source = _store(orthanc, [NEMA_CHEST])
+    start = time.perf_counter()
+    r = _analyze(server, source.StudyInstanceUID, json={"models": ["cxr-triage"]})
+    assert r.status_code == 202, r.text
+    job = _wait(server, r.headers["location"])
+    print(f"\nradiograph round trip: {time.perf_counter() - start:.2f} s")
+    assert job["status"] == "done", job
+    (result,) = job["results"]
+    assert result["model"] == "cxr-triage" and result["findings"] == 14
+    sr = _retrieve_sr(orthanc, source.StudyInstanceUID, result)
+    report = hd.sr.ComprehensiveSR.from_dataset(sr).content
+    got = {}
+    for group in report.get_image_measurement_groups():
+        (probability,) = group.get_measurements(name=codes.DCM.Probability)
+        label = group.finding_type.value  # the local code's value is the label
+        got[label] = float(probability.value)
+    want = _predict(server, "cxr-triage", NEMA_CHEST, "application/dicom")
+    for finding in want:
+        coded = {"Effusion": "60046008", "Mass": "4147007", "Nodule": "27925004",
+                 "Pneumothorax": "36118008", "Edema": "19242006", "Fibrosis": "112674009"}
+        key = coded.get(finding["label"], finding["label"])
+        assert got[key] == pytest.approx(finding["probability"], abs=1e-5), finding["label"]
+
+
+def test_only_the_series_a_model_takes_are_analysed(server: Server,
+                                                    orthanc: OrthancProcess) -> None:
+    """An extremity radiograph in the study is not sent to the chest model; a study with
+    nothing a model takes fails with the reason."""
+    extremity = Path(get_testdata_file("RG3_J2KI.dcm")).read_bytes()  # CR, tibia
+    source = _store(orthanc, [extremity])
+    job = _wait(server, _analyze(server, source.StudyInstanceUID).headers["location"])
+    assert job["status"] == "failed"
+    assert "modality and body part" in job["reason"]
+    assert _srs(orthanc, source.StudyInstanceUID) == []
+
+
+def test_analyze_refuses_what_it_cannot_do(server: Server, orthanc: OrthancProcess) -> None:
+    missing = _analyze(server, "1.2.826.0.1.3680043.8.498.999999")
+    assert missing.status_code == 404 and "no such study" in missing.json()["error"]
+    bad = _analyze(server, "not-a-uid")
+    assert bad.status_code == 400 and "DICOM UID" in bad.json()["error"]
+    study = _store(orthanc, [make_radiograph(seed=33)]).StudyInstanceUID
+    unknown = _analyze(server, study, json={"models": ["no-such-model"]})
+    assert unknown.status_code == 404 and "cxr-triage" in unknown.json()["error"]
+    assert httpx.get(f"{server.url}/v1/jobs/0123abc", timeout=10).status_code == 404
+
+
+def test_a_pacs_that_is_down_is_a_503_with_retry_after(
+    server: Server, orthanc: OrthancProcess, tmp_path: Path,
+) -> None:
+    study = _store(orthanc, [make_radiograph(seed=34)]).StudyInstanceUID
+    orthanc.stop()
+    try:
+        start = time.perf_counter()
+        r = _analyze(server, study)
+        assert r.status_code == 503, r.text
+        assert int(r.headers["retry-after"]) >= 1
+        assert "PACS" in r.json()["error"]
+        assert time.perf_counter() - start < 10  # two tries with back-off, nothing hangs
+    finally:
+        again = start_orthanc(Path(orthanc.log).parent, port=orthanc.port)
+        orthanc.proc = again.proc
+    assert _analyze(server, study).status_code == 202
+
+
+def test_a_job_survives_its_gateway_replica(server: Server, orthanc: OrthancProcess) -> None:
+    """The gateway running a job is killed; another takes the job up once its lease expires,
+    and the result is stored once."""
+    parts = make_ct_series(seed=22, slices=40, rows=96, cols=96)
+    study = _store(orthanc, parts).StudyInstanceUID
+    url = _analyze(server, study).headers["location"]
+    def running() -> None:
+        assert _job(server, url)["status"] == "running"
+    eventually(running, timeout_s=30, every_s=0.05)
+    (pid,) = server.replica_pids(GATEWAY)
+    os.kill(pid, signal.SIGKILL)
+    job = _wait(server, url, timeout_s=240)
+    assert job["status"] == "done", job
+    assert job["attempts"] >= 2
+    assert len(_srs(orthanc, study)) == 1
