@@ -56,11 +56,8 @@ class Router:
             self.config.gateway.num_replicas, self.config.http.request_timeout_s
         )
         self._admission_metrics: AdmissionMetrics | None = None
-        # Study analysis jobs (serving/jobs/), when the cluster has a PACS to read from.
-        self.jobs: StudyJobs | None = None
-        if self.config.pacs is not None:
-            self.jobs = StudyJobs(self.config.pacs, self.config, self.repo.models,
-                                  self._predict_for_job)
+        # Study jobs (serving/jobs/): studies in the PACS, or sent here over STOW-RS.
+        self.jobs = StudyJobs(self.config, self.repo.models, self._predict_for_job)
 
     async def _predict_for_job(
         self, model: str, payload: Payload, priority: Priority
@@ -71,8 +68,7 @@ class Router:
     async def check_health(self) -> None:
         """Serve's periodic health check: also (re)starts the job workers, so a restarted
         replica takes up jobs whose replica died without waiting for a request."""
-        if self.jobs is not None:
-            self.jobs.runner.ensure_started()
+        self.jobs.runner.ensure_started()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """A new traffic split, applied in place (a canary step or a rollback)."""

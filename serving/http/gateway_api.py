@@ -19,7 +19,7 @@ from serving.schema.llm import LLMManifest
 class GatewayAPI(Protocol):
     config: ClusterConfig
     repo: Repository
-    jobs: StudyJobs | None  # study analysis jobs; None without a PACS
+    jobs: StudyJobs  # study jobs: analyse a study in the PACS, or one sent over STOW-RS
 
     @property
     def manifests(self) -> Mapping[str, ModelManifest]: ...

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from io import BytesIO
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom import dcmread
 
@@ -40,6 +40,31 @@ class NothingToAnalyze(UnprocessableInput):
     """No chosen model accepts any series of the study."""
 
 
+class StudySource(Protocol):
+    """Where a job's study comes from: the PACS (analyze) or the spool (STOW-RS to Medserve)."""
+
+    def series(self) -> list[SeriesInfo]: ...
+
+    def instances(self, series: SeriesInfo) -> list[bytes]: ...
+
+
+class ResultSink(Protocol):
+    """Where its DICOM SRs go: the PACS, or the spool when there is none."""
+
+    def store(self, instance: bytes) -> None: ...
+
+
+class PacsStudy:
+    def __init__(self, pacs: Pacs, study_uid: str) -> None:
+        self.pacs, self.study_uid = pacs, study_uid
+
+    def series(self) -> list[SeriesInfo]:
+        return self.pacs.series(self.study_uid)
+
+    def instances(self, series: SeriesInfo) -> list[bytes]:
+        return self.pacs.instances(self.study_uid, series)
+
+
 def plan(series: Sequence[SeriesInfo], models: Sequence[str],
          manifests: Mapping[str, ModelManifest]) -> list[tuple[str, SeriesInfo]]:
     """(model, series) pairs: each series with every chosen model whose manifest takes its
@@ -59,10 +84,10 @@ def _sop_instance_uid(sr: bytes) -> str:
 
 
 async def analyze_study(
-    study_uid: str, models: Sequence[str], manifests: Mapping[str, ModelManifest],
-    pacs: Pacs, predict: Predict,
+    source: StudySource, sink: ResultSink, models: Sequence[str],
+    manifests: Mapping[str, ModelManifest], predict: Predict,
 ) -> tuple[list[JobResult], list[JobSkip]]:
-    series = await asyncio.to_thread(pacs.series, study_uid)
+    series = await asyncio.to_thread(source.series)
     pairs = plan(series, models, manifests)
     if not pairs:
         raise NothingToAnalyze("no series of the study has a modality and body part the chosen "
@@ -73,11 +98,11 @@ async def analyze_study(
     for name, s in pairs:
         try:
             if s.uid not in fetched:  # pairs come series by series: hold one series at a time
-                fetched = {s.uid: await asyncio.to_thread(pacs.instances, study_uid, s)}
+                fetched = {s.uid: await asyncio.to_thread(source.instances, s)}
             for payload in _payloads(manifests[name], fetched[s.uid]):
                 version, result = await predict(name, payload)
                 sr: bytes = result["encoded"]
-                await asyncio.to_thread(pacs.store, sr)
+                await asyncio.to_thread(sink.store, sr)
                 results.append(JobResult(
                     model=name, version=version, series_instance_uid=s.uid,
                     sop_instance_uid=_sop_instance_uid(sr), findings=len(result["findings"]),

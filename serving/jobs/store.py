@@ -22,13 +22,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from serving.protocol.jobs import Job, JobResult, JobSkip
+from serving.protocol.jobs import Job, JobResult, JobSkip, JobSource
 from serving.protocol.priority import Priority
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     study_uid TEXT NOT NULL,
+    source TEXT NOT NULL,
     models TEXT NOT NULL,
     tenant TEXT,
     priority INTEGER NOT NULL,
@@ -45,6 +46,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_pending ON jobs (status, priority, created);
 """
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
 
 
 class JobStore:
@@ -67,7 +72,8 @@ class JobStore:
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
         return Job(
-            id=row["id"], study_instance_uid=row["study_uid"], models=json.loads(row["models"]),
+            id=row["id"], study_instance_uid=row["study_uid"], source=row["source"],
+            models=json.loads(row["models"]),
             priority=Priority(row["priority"]).label, status=row["status"],
             attempts=row["attempts"], created=row["created"], updated=row["updated"],
             results=json.loads(row["results"]), skipped=json.loads(row["skipped"]),
@@ -75,14 +81,16 @@ class JobStore:
         )
 
     def create(self, study_uid: str, models: Sequence[str], tenant: str | None,
-               priority: Priority) -> Job:
+               priority: Priority, source: JobSource = "pacs", job_id: str | None = None
+               ) -> Job:
         now = time.time()
-        job_id = uuid.uuid4().hex
+        job_id = job_id or new_job_id()
         with self._db() as db:
             db.execute(
-                "INSERT INTO jobs (id, study_uid, models, tenant, priority, status, created, "
-                "updated) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
-                (job_id, study_uid, json.dumps(list(models)), tenant, int(priority), now, now),
+                "INSERT INTO jobs (id, study_uid, source, models, tenant, priority, status, "
+                "created, updated) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                (job_id, study_uid, source, json.dumps(list(models)), tenant, int(priority),
+                 now, now),
             )
         job = self.get(job_id, tenant)
         assert job is not None

@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 JobStatus = Literal["queued", "running", "done", "failed"]
+# pacs: `analyze` pulls the study from the PACS; stow: it was sent to Medserve (STOW-RS)
+JobSource = Literal["pacs", "stow"]
 
 
 class AnalyzeRequest(BaseModel):
@@ -20,7 +22,10 @@ class JobResult(BaseModel):
     model: str
     version: str
     series_instance_uid: str = Field(description="The source series the result is about.")
-    sop_instance_uid: str = Field(description="The DICOM SR stored in the PACS.")
+    sop_instance_uid: str = Field(
+        description="The DICOM SR: stored in the PACS, or (no PACS) at "
+        "`/v1/jobs/{id}/results/{sop_instance_uid}`."
+    )
     findings: int = Field(description="Findings in the result (groups in the SR).")
 
 
@@ -33,6 +38,7 @@ class JobSkip(BaseModel):
 class Job(BaseModel):
     id: str
     study_instance_uid: str
+    source: JobSource
     models: list[str]
     priority: str
     status: JobStatus

@@ -215,3 +215,69 @@ def test_a_job_survives_its_gateway_replica(server: Server, orthanc: OrthancProc
     assert job["status"] == "done", job
     assert job["attempts"] >= 2
     assert len(_srs(orthanc, study)) == 1
+
+
+def _stow_client(server: Server, seen: list[requests.Response]) -> DICOMwebClient:
+    """dicomweb-client pointed at Medserve, as a modality or router would be; a response hook
+    keeps the replies' headers (the job is the Content-Location)."""
+    session = requests.Session()
+    session.hooks["response"].append(lambda r, *a, **k: seen.append(r))
+    return DICOMwebClient(f"{server.url}/dicomweb", session=session)
+
+
+def test_a_study_sent_over_stow_rs_is_analysed_into_the_pacs(
+    server: Server, orthanc: OrthancProcess,
+) -> None:
+    parts = make_ct_series(seed=23)
+    datasets = [dcmread(BytesIO(p)) for p in parts]
+    seen: list[requests.Response] = []
+    start = time.perf_counter()
+    reply = _stow_client(server, seen).store_instances(datasets)
+    stored = {item.ReferencedSOPInstanceUID for item in reply.ReferencedSOPSequence}
+    assert stored == {ds.SOPInstanceUID for ds in datasets}
+    job = _wait(server, seen[-1].headers["content-location"])
+    print(f"\nCT series over STOW-RS to SR in the PACS: {time.perf_counter() - start:.2f} s")
+    assert job["status"] == "done" and job["source"] == "stow", job
+    (result,) = job["results"]
+    assert result["model"] == "lung-nodule-ct"
+    (found,) = _srs(orthanc, datasets[0].StudyInstanceUID)
+    assert found["00080018"]["Value"][0] == result["sop_instance_uid"]
+
+
+def _stow(server: Server, body: bytes, ctype: str, study: str | None = None) -> httpx.Response:
+    url = f"{server.url}/dicomweb/studies" + (f"/{study}" if study else "")
+    return httpx.post(url, content=body, headers={"Content-Type": ctype}, timeout=60)
+
+
+def _related(parts: list[bytes], boundary: str = "medserve-test") -> tuple[bytes, str]:
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n"
+                    + p + b"\r\n" for p in parts) + b"--" + boundary.encode() + b"--\r\n"
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def test_stow_rs_refuses_what_it_cannot_take(server: Server) -> None:
+    series = make_ct_series(seed=24, slices=4)
+    body, ctype = _related(series)
+    # broken multipart: cut in the middle of a part, or no boundary parameter
+    cut = _stow(server, body[: len(body) // 2], ctype)
+    assert cut.status_code == 400 and "multipart" in cut.json()["error"]
+    assert _stow(server, body, 'multipart/related; type="application/dicom"').status_code == 400
+    assert _stow(server, body, "application/dicom").status_code == 415
+    # a part that is not DICOM
+    junk, junk_type = _related([series[0], b"not dicom at all"])
+    bad = _stow(server, junk, junk_type)
+    assert bad.status_code == 400 and "part 1" in bad.json()["error"]
+    # a series mixing studies
+    other = dcmread(BytesIO(series[1]))
+    other.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.4242"
+    out = BytesIO()
+    other.save_as(out, enforce_file_format=True)
+    mixed, mixed_type = _related([series[0], out.getvalue()])
+    assert _stow(server, mixed, mixed_type).status_code == 400
+    # the study in the URL is not the instances'
+    wrong = _stow(server, body, ctype, study="1.2.826.0.1.3680043.8.498.4243")
+    assert wrong.status_code == 400 and "one study" in wrong.json()["error"]
+    # nothing any model takes (an extremity radiograph)
+    leg, leg_type = _related([Path(get_testdata_file("RG3_J2KI.dcm")).read_bytes()])
+    none = _stow(server, leg, leg_type)
+    assert none.status_code == 422 and "body part" in none.json()["error"]

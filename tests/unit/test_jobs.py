@@ -137,7 +137,7 @@ def test_the_runner_retries_a_job_with_back_off_then_fails_it_with_the_reason(
         called.append(model)
         raise AssertionError
 
-    jobs = StudyJobs(down, config, load_repository(MODEL_REPO).models, predict)
+    jobs = StudyJobs(config, load_repository(MODEL_REPO).models, predict)
     job = jobs.store.create(STUDY, ["cxr-triage"], None, Priority.ROUTINE)
 
     async def run() -> None:
@@ -160,7 +160,7 @@ def test_submitting_needs_a_uid_and_models_the_caller_may_use(tmp_path: Path) ->
     async def predict(model, payload, priority):
         raise AssertionError
 
-    jobs = StudyJobs(pacs, config, load_repository(MODEL_REPO).models, predict)
+    jobs = StudyJobs(config, load_repository(MODEL_REPO).models, predict)
 
     def submit(study: str, models, may_use=lambda m: True):
         return asyncio.run(jobs.submit(study, models, None, Priority.ROUTINE, may_use))
@@ -174,3 +174,47 @@ def test_submitting_needs_a_uid_and_models_the_caller_may_use(tmp_path: Path) ->
         submit(STUDY, None, may_use=lambda m: False)
     with pytest.raises(Unavailable):  # a valid request reaches the (down) PACS
         submit(STUDY, ["cxr-triage"])
+
+
+def test_without_a_pacs_a_received_study_s_sr_stays_with_its_job(tmp_path: Path) -> None:
+    """STOW-RS to a cluster with no PACS: the job reads the spooled instances, and its SR is
+    kept for `GET /v1/jobs/{id}/results/{uid}`; the instances are removed once it has run."""
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    from serving.imaging.pipeline import make_pipeline
+    from serving.results.encode import encode_result
+    from serving.testing.samples import make_radiograph
+
+    repo = load_repository(MODEL_REPO)
+    config = ClusterConfig(jobs=JobsConfig(store_path=str(tmp_path / "jobs.sqlite"),
+                                           poll_s=0.05))
+
+    async def predict(model, payload, priority):
+        manifest = repo.manifest(model)
+        _, source = make_pipeline(manifest).prepare(payload)
+        findings = [{"label": label, "probability": 0.5} for label in manifest.labels]
+        return "1", {"findings": findings, "encoded": encode_result(
+            payload.result, manifest, "1", findings, source.headers)}
+
+    jobs = StudyJobs(config, repo.models, predict)
+    image = make_radiograph(seed=41)
+
+    async def run():
+        received = await jobs.receive([image], None, None, Priority.ROUTINE, lambda m: True)
+        while (job := await jobs.get(received.job.id, None)).status not in ("done", "failed"):
+            await asyncio.sleep(0.05)
+        return job
+
+    job = asyncio.run(run())
+    assert job.status == "done" and job.source == "stow" and job.models == ["cxr-triage"], job
+    (result,) = job.results
+    sr = dcmread(BytesIO(asyncio.run(jobs.result(job.id, result.sop_instance_uid, None))))
+    assert sr.SOPInstanceUID == result.sop_instance_uid
+    assert sr.StudyInstanceUID == dcmread(BytesIO(image)).StudyInstanceUID
+    assert not (jobs.spool.root / job.id / "inputs").exists()
+    with pytest.raises(Exception, match="no such result"):
+        asyncio.run(jobs.result(job.id, "1.2.3", None))
+    with pytest.raises(Exception, match="no such job"):
+        asyncio.run(jobs.result(job.id, result.sop_instance_uid, "another-tenant"))
