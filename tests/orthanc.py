@@ -11,14 +11,25 @@ import os
 
 import pytest
 
-from serving.testing.orthanc import OrthancProcess
+from serving.testing.orthanc import OrthancProcess, orthanc_binary
+
+
+def _missing() -> None:
+    message = ("Orthanc not found: apt-get install orthanc orthanc-dicomweb (as root), or run "
+               "`make test`")
+    if os.environ.get("MEDSERVE_REQUIRE_ORTHANC") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def require(pacs: OrthancProcess | None) -> OrthancProcess:
+    """The session's Orthanc (tests/conftest.py), or skip (fail in CI) without one."""
     if pacs is None:
-        message = ("Orthanc not found: apt-get install orthanc orthanc-dicomweb (as root), or "
-                   "run `make test`")
-        if os.environ.get("MEDSERVE_REQUIRE_ORTHANC") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        _missing()
+    assert pacs is not None
     return pacs
+
+
+def require_installed() -> None:
+    if orthanc_binary() is None:
+        _missing()

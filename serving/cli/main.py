@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 
 import typer
 
-from serving.cli import build, rollout, serve
+from serving.cli import build, pacs, rollout, serve
 from serving.cli.models import models_app
 from serving.cli.tenants import tenants_app
 
@@ -32,6 +32,7 @@ app.command("build-observability")(build.build_observability)
 app.command("build-k8s")(build.build_k8s)
 app.command("samples")(build.samples)
 app.command("serve")(serve.serve_cmd)
+app.command("pacs")(pacs.pacs)
 
 for _entry in entry_points(group=COMMANDS_GROUP):
     try:

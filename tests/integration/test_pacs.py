@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from io import BytesIO
 from pathlib import Path
@@ -26,10 +28,11 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from serving.app import GATEWAY
+from serving.net import free_port
 from serving.testing.orthanc import OrthancProcess, start_orthanc
 from serving.testing.samples import make_ct_series, make_radiograph, zip_series
 from tests.conftest import Server
-from tests.orthanc import require
+from tests.orthanc import require, require_installed
 from tests.prom import eventually
 
 NEMA_CHEST = Path(get_testdata_file("RG1_J2KI.dcm")).read_bytes()  # CR, chest PA
@@ -281,3 +284,39 @@ def test_stow_rs_refuses_what_it_cannot_take(server: Server) -> None:
     leg, leg_type = _related([Path(get_testdata_file("RG3_J2KI.dcm")).read_bytes()])
     none = _stow(server, leg, leg_type)
     assert none.status_code == 422 and "body part" in none.json()["error"]
+
+
+def test_medserve_pacs_runs_a_local_orthanc_with_the_samples(tmp_path: Path) -> None:
+    """The README's quick start: `medserve pacs --load samples` stores the sample studies,
+    prints the `pacs:` settings, and stops Orthanc on Ctrl-C."""
+    require_installed()
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    (samples / "cxr.dcm").write_bytes(make_radiograph(seed=51))
+    (samples / "ct.zip").write_bytes(zip_series(make_ct_series(seed=52, slices=4)))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "pacs", "--port", str(port), "--dir",
+         str(tmp_path / "data"), "--load", str(samples)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("ready"):
+                break
+        text = "".join(lines)
+        assert f"url: http://127.0.0.1:{port}/dicom-web" in text, text
+        assert text.count("stored study") == 2
+        studies = httpx.get(f"http://127.0.0.1:{port}/dicom-web/studies",
+                            auth=("medserve", "medserve-test-only"), timeout=10).json()
+        assert len(studies) == 2
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/system", timeout=2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -28,6 +29,7 @@ from serving.testing.samples import make_ct_series, make_png, make_radiograph, z
 from tests.conftest import MODEL_REPO, ROOT, TEST_LIMITS
 from tests.integration.harness import write_config
 from tests.phi import BIRTH_DATE, PREFIX, find_markers, mark, marker, replace_once
+from tests.prom import ensure, eventually
 
 DICOM = {"Content-Type": "application/dicom"}
 JSON = {"Content-Type": "application/json"}
@@ -71,6 +73,17 @@ def _series(**kw: object) -> list[bytes]:
     # In slice order, so that dropping one from the middle leaves a gap.
     parts = make_ct_series(slices=12, shuffle=False, **kw)  # type: ignore[arg-type]
     return [mark(p, i) for i, p in enumerate(parts)]
+
+
+STOW = "/dicomweb/studies"
+
+
+def _related(parts: list[bytes]) -> dict[str, Any]:
+    boundary = "phi-test-boundary"
+    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+                    + p + b"\r\n" for p in parts) + f"--{boundary}--\r\n".encode()
+    return {"content": body, "headers": {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}}
 
 
 def _multipart(parts: list[bytes]) -> dict[str, object]:
@@ -125,6 +138,16 @@ def imaging_requests() -> Iterator[tuple[str, str, dict[str, object], int]]:
         "Content-Type": "application/zip"}}, 400
     dx_series = [mark(make_radiograph(seed=i), i) for i in range(3)]
     yield "dx-series-to-ct", ct, _multipart(dx_series), 422
+    # STOW-RS into Medserve: a marked study analysed by a job (its logs are searched too; the
+    # job store and spool, which must hold the instances and results, are outside the scan),
+    # then the error paths: a series mixing studies, a part that is not DICOM, a broken body.
+    yield "stow-ct", STOW, _related(series), 200
+    other_study = [replace_once(p, b"80914262775319468821.1\x00", b"80914262775319468821.8\x00")
+                   for p in other[:6]]
+    yield "stow-mixed-studies", STOW, _related(series[:6] + other_study), 400
+    yield "stow-not-dicom", STOW, _related([series[0], marker("NOTDICOM").encode() * 20]), 400
+    whole = _related(series)
+    yield "stow-broken", STOW, {**whole, "content": whole["content"][:5000]}, 400
     yield "ct-truncated-part", ct, _multipart([*series[:-1], series[-1][:2000]]), 400
     corrupt_zip = b"PK\x03\x04" + series[0][:4000]
     yield "ct-corrupt-zip", ct, {"content": corrupt_zip, "headers": {
@@ -208,8 +231,10 @@ def _metrics_text(url: str, wanted: Callable[[bytes], bool]) -> bytes:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     tmp = tmp_path_factory.mktemp("phi")
     audit = tmp / "audit.jsonl"
+    jobs_dir = tmp_path_factory.mktemp("phi-jobs")  # data a job must hold: not scanned
     config = write_config(tmp / "medserve.yaml", limits=TEST_LIMITS,
-                          http={"request_timeout_s": 60}, audit={"path": str(audit)})
+                          http={"request_timeout_s": 60}, audit={"path": str(audit)},
+                          jobs={"store_path": str(jobs_dir / "jobs.sqlite"), "poll_s": 0.2})
     log = tmp / "server.log"
     requests = [*imaging_requests(), *oip_requests(), *chat_requests()]
     exchanges = []
@@ -220,6 +245,11 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
                 r = client.post(path, **kwargs)  # type: ignore[arg-type]
                 exchanges.append(Exchange(name, r.status_code, r.content,
                                           r.headers.get("x-request-id")))
+                if name == "stow-ct" and r.status_code == 200:
+                    job_url = r.headers["content-location"]
+            # the STOW-RS job has run (and logged) before the server stops
+            eventually(lambda: ensure(client.get(job_url).json()["status"] == "done"),
+                       timeout_s=120)
         metrics = _metrics_text(
             f"http://127.0.0.1:{srv.metrics_port}/metrics",
             lambda t: b'route="/v1/chat/completions"' in t and b"status=\"413\"" in t)

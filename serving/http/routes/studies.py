@@ -21,9 +21,10 @@ router = APIRouter(tags=["Studies"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {} for code in (400, 403, 404, 413, 415, 422, 429, 501, 503)
 }
-STOW_BODY = {"requestBody": {"required": True, "content": {
-    'multipart/related; type="application/dicom"': {
-        "schema": {"type": "string", "format": "binary"}}}}}
+STOW_BODY = {"requestBody": {"required": True, "content": {"multipart/related": {
+    "schema": {"type": "string", "format": "binary"},
+    "description": 'type="application/dicom" and a boundary; each part one DICOM instance',
+}}}}
 
 
 def _jobs(request: Request) -> StudyJobs:
