@@ -16,6 +16,7 @@ from serving.errors import InvalidInput, UnsupportedMediaType
 from serving.imaging.detection import candidates_from_heatmap
 from serving.imaging.dicom import decode_png, decode_series, read_radiograph
 from serving.imaging.preprocess import CTPreprocessor, RadiographPreprocessor
+from serving.imaging.segmentation import label_mask, label_volumes
 from serving.protocol.results import ResultFormat
 from serving.schema.imaging import CTPreprocessing, ModelManifest, RadiographPreprocessing
 
@@ -31,11 +32,15 @@ class Payload:
 
 @dataclass
 class Source:
-    """What a prediction keeps of its input after decoding: the model grid's affine (CT) and
-    the DICOM headers, pixels dropped, that a DICOM or FHIR result references."""
+    """What a prediction keeps of its input after decoding: the model grid's affine (CT), the
+    DICOM headers, pixels dropped, that a DICOM or FHIR result references, and for a
+    segmentation the series' own grid and the label mask (for a DICOM SEG)."""
 
     affine: np.ndarray | None = None
     headers: list[Dataset] = field(default_factory=list)
+    series_affine: np.ndarray | None = None
+    series_shape: tuple[int, int, int] | None = None
+    mask: np.ndarray | None = None
 
 
 class RadiographPipeline:
@@ -75,7 +80,8 @@ class CTPipeline:
     def prepare(self, payload: Payload) -> tuple[np.ndarray, Source]:
         volume = decode_series(payload.parts, self.modalities, min_slices=self.pre.min_slices)
         tensor, affine = self.transform(volume)
-        return tensor[None], Source(affine, volume.headers)
+        return tensor[None], Source(affine, volume.headers, volume.affine,
+                                    tuple(volume.hu.shape))  # type: ignore[arg-type]
 
     def findings(self, output: np.ndarray, source: Source) -> list[dict[str, Any]]:
         assert source.affine is not None
@@ -86,8 +92,24 @@ class CTPipeline:
         return [{"label": "nodule", **c} for c in found]
 
 
+class SegmentationPipeline(CTPipeline):
+    """A CT series in, a label per voxel out: findings are per-label volumes; the mask stays
+    on the source for a DICOM SEG result."""
+
+    def __init__(self, manifest: ModelManifest, pre: CTPreprocessing) -> None:
+        super().__init__(manifest, pre)
+        self.labels = manifest.labels
+
+    def findings(self, output: np.ndarray, source: Source) -> list[dict[str, Any]]:
+        assert source.affine is not None
+        source.mask = label_mask(output[0])
+        return label_volumes(source.mask, self.labels, source.affine)
+
+
 def make_pipeline(manifest: ModelManifest) -> RadiographPipeline | CTPipeline:
     pre = manifest.preprocessing
     if isinstance(pre, RadiographPreprocessing):
         return RadiographPipeline(manifest, pre)
+    if manifest.task == "segmentation":
+        return SegmentationPipeline(manifest, pre)
     return CTPipeline(manifest, pre)

@@ -18,6 +18,8 @@ class Finding(BaseModel):
         None, description="Candidate centre in DICOM patient coordinates (LPS, mm)."
     )
     diameter_mm: float | None = Field(None, description="Estimated candidate diameter (mm).")
+    voxels: int | None = Field(None, description="Segmented voxels on the model's grid.")
+    volume_ml: float | None = Field(None, description="Segmented volume (mL).")
 
 
 class Timings(BaseModel):

@@ -52,9 +52,14 @@ NOT_YET: dict[str, str] = {}  # formats detected but not importable yet, and why
 CONTENT_TYPES = {
     "classification": ["application/dicom", "image/png"],
     "detection": ["multipart/form-data", "application/zip"],
+    "segmentation": ["multipart/form-data", "application/zip"],
 }
-MODALITIES = {"classification": ["CR", "DX"], "detection": ["CT"]}
-LATENCY_THRESHOLD_S = {"classification": 1.0, "detection": 10.0}  # a start: tune per model
+MODALITIES = {"classification": ["CR", "DX"], "detection": ["CT"], "segmentation": ["CT"]}
+# a start: tune per model
+LATENCY_THRESHOLD_S = {"classification": 1.0, "detection": 10.0, "segmentation": 10.0}
+# A bundle's network_data_format output "format" -> the task it is served as.
+BUNDLE_TASKS = {"classes": "classification", "classification": "classification",
+                "segmentation": "segmentation"}
 DEFAULT_CONTEXT_WINDOW = 512  # fits the CPU engine's default KV cache; raise it with the cache
 SYSTEM_PROMPT = (
     "You are a clinical decision-support assistant for licensed clinicians. Your answers are "
@@ -191,16 +196,18 @@ def _bundle_plan(source: Path, o: ImportOptions, existing: dict[str, Any] | None
         doc = _extend(existing, entry)
     else:
         kind = info.output.kind.lower()
-        if kind == "segmentation" and o.task is None:
-            raise ModelLoadError(f"{source}: segmentation bundles are not served yet")
-        task = o.task or ("classification" if kind in ("classes", "classification") else None)
+        task = o.task or BUNDLE_TASKS.get(kind)
         if task is None:
             raise ModelLoadError(f"{source}: the bundle's output format {kind!r} names no task "
-                                 "Medserve serves: pass --task classification or detection")
+                                 "Medserve serves: pass --task classification, detection or "
+                                 "segmentation")
         c, spatial = info.input.num_channels, info.input.spatial_shape
         x = TensorSpec(name=info.input.name, datatype="FP32", shape=[-1, c, *spatial])
         y = TensorSpec(name=info.output.name, datatype="FP32",
                        shape=[-1, info.output.num_channels])
+        if task != "classification":  # a volume out, as large as the volume in
+            y = TensorSpec(name=y.name, datatype="FP32",
+                           shape=[1, info.output.num_channels, -1, -1, -1])
         channel_labels = list(info.output.channel_def.values())
         doc = _new(source, o, entry, task=task, x=x, y=y,
                    labels=o.labels or channel_labels or None,
@@ -211,6 +218,9 @@ def _bundle_plan(source: Path, o: ImportOptions, existing: dict[str, Any] | None
         # MONAI bundles scale intensities to [0, 1] (ScaleIntensityd): no further shift.
         doc["preprocessing"] = {**_preprocessing(source, task, x), "mean": 0.0, "std": 1.0} \
             if task == "classification" else _preprocessing(source, task, x)
+        if task != "classification":  # one volume of any size: the bundle's is the window's
+            doc["inputs"] = [{**doc["inputs"][0], "shape": [1, c, -1, -1, -1]}]
+            doc["outputs"] = [{**doc["outputs"][0], "shape": y.shape}]
     return Plan(doc, version, lambda target: _copy_tree(source, target))
 
 

@@ -129,7 +129,10 @@ class ModelManifest(ManifestBase[ModelVersion]):
     kind: Literal["imaging"] = Field(
         "imaging", description="Manifest schema; LLM manifests say `kind: llm`."
     )
-    task: Literal["classification", "detection"] = Field(description="What the model outputs.")
+    task: Literal["classification", "detection", "segmentation"] = Field(
+        description="What the model outputs: class probabilities (a radiograph), candidate "
+        "points (CT), or a label per voxel (CT: one output channel per label)."
+    )
     modalities: list[str] = Field(description="DICOM Modality values accepted, e.g. [CR, DX].")
     body_parts: list[str] | None = Field(
         None,
@@ -205,8 +208,8 @@ class ModelManifest(ManifestBase[ModelVersion]):
             raise ValueError(f"finding_codes names labels not in labels: {', '.join(uncoded)}")
         if self.task == "classification" and self.preprocessing.kind != "radiograph":
             raise ValueError("classification models take radiograph preprocessing")
-        if self.task == "detection" and self.preprocessing.kind != "ct":
-            raise ValueError("detection models take ct preprocessing")
+        if self.task in ("detection", "segmentation") and self.preprocessing.kind != "ct":
+            raise ValueError(f"{self.task} models take ct preprocessing")
         bare = [v.version for v in self.versions if v.weights.format in ("safetensors",
                 "state_dict") or v.weights.demo_seed is not None]
         if bare and self.architecture is None:
@@ -214,7 +217,8 @@ class ModelManifest(ManifestBase[ModelVersion]):
         if len(self.inputs) != 1 or len(self.outputs) != 1:
             raise ValueError("imaging models have exactly one input and one output tensor")
         channels = self.outputs[0].shape[1] if len(self.outputs[0].shape) > 1 else -1
-        if self.task == "classification" and channels not in (-1, len(self.labels)):
+        if self.task in ("classification", "segmentation") and channels not in (
+                -1, len(self.labels)):
             raise ValueError(f"{len(self.labels)} labels for {channels} output channels: "
                              "one label per channel")
         if self.backend == "triton" and not all(v.isdigit() and int(v) > 0 for v in labels):

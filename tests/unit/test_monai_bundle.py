@@ -122,9 +122,9 @@ def test_incomplete_or_unserved_bundles_are_refused_at_import(tmp_path: Path) ->
     with pytest.raises(ModelLoadError, match="no intended-use statement"):
         import_model(repo, no_use, options)
 
-    segmentation = make_bundle(tmp_path / "seg", output_format="segmentation")
-    with pytest.raises(ModelLoadError, match="segmentation bundles are not served yet"):
-        import_model(repo, segmentation, options)
+    hounsfield = make_bundle(tmp_path / "hu", output_format="hounsfield")
+    with pytest.raises(ModelLoadError, match="output format 'hounsfield' names no task"):
+        import_model(repo, hounsfield, options)
 
     mismatched = make_bundle(tmp_path / "mismatched")
     config = json.loads((mismatched / "configs" / "inference.json").read_text())
@@ -133,3 +133,70 @@ def test_incomplete_or_unserved_bundles_are_refused_at_import(tmp_path: Path) ->
     with pytest.raises(ModelLoadError, match=r"model\.pt: cannot load the bundle's network"):
         import_model(repo, mismatched, options)
     assert not (repo / "view").exists()  # nothing left behind by any of them
+
+
+# A segmentation bundle whose network is known: a 1x1x1 convolution that labels each voxel
+# "dense" where the windowed intensity is over 0.5 (HU above -300: soft tissue, the nodule).
+SEG_LABELS = ["background", "dense"]
+SEG_NETWORK_DEF = {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2,
+                   "kernel_size": 1}
+
+
+def seg_network() -> torch.nn.Module:
+    net = torch.nn.Conv3d(1, 2, kernel_size=1)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1, 1))
+        net.bias.copy_(torch.tensor([0.5, -0.5]))
+    return net.eval()
+
+
+def make_seg_bundle(root: Path) -> Path:
+    meta = {
+        "version": "1.0.0", "task": "Dense tissue segmentation",
+        "description": "Voxels denser than lung.",
+        "intended_use": "Decision support: measures dense tissue in chest CT; a human checks.",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT",
+                                 "num_channels": 1, "spatial_shape": [32, 32, 32],
+                                 "dtype": "float32", "channel_def": {"0": "image"}}},
+            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 2,
+                                 "spatial_shape": [32, 32, 32], "dtype": "float32",
+                                 "channel_def": dict(enumerate(SEG_LABELS))}},
+        },
+    }
+    inference = {**INFERENCE, "network_def": SEG_NETWORK_DEF}
+    init_bundle(root, network=seg_network(), metadata_str=meta, inference_str=inference)
+    return root
+
+
+def test_a_segmentation_bundle_reports_each_label_s_volume(tmp_path: Path) -> None:
+    from serving.imaging.dicom import decode_series
+    from serving.imaging.pipeline import Payload, make_pipeline
+    from serving.testing.samples import make_ct_series
+
+    repo = tmp_path / "repo"
+    import_model(repo, make_seg_bundle(tmp_path / "seg"), ImportOptions(name="dense-ct"))
+    loaded = load_repository(repo)
+    manifest = loaded.manifest("dense-ct")
+    (version,) = manifest.versions
+    assert manifest.task == "segmentation" and manifest.labels == SEG_LABELS
+    assert manifest.modalities == ["CT"] and manifest.preprocessing.roi_size == (32, 32, 32)
+    assert manifest.outputs[0].shape == [1, 2, -1, -1, -1]
+
+    parts = make_ct_series(slices=24, rows=64, cols=64)
+    pipeline = make_pipeline(manifest)
+    x, source = pipeline.prepare(Payload("application/zip", parts))
+    backend = TorchBackend(manifest, version, loaded.verify("dense-ct", version), "cpu")
+    (y,) = asyncio.run(backend.run([x]))
+    assert y.shape == (1, 2, *x.shape[2:])
+    (dense,) = pipeline.findings(y, source)
+    # what the network computes, counted independently on the model's grid
+    voxel_ml = abs(np.linalg.det(source.affine[:3, :3])) / 1000
+    want = int((x[0, 0] > 0.5).sum())
+    assert dense == {"label": "dense", "voxels": want, "volume_ml": round(want * voxel_ml, 3)}
+    # and it is the body: the phantom's elliptic cylinder less its two lungs, +-15 %
+    volume = decode_series(parts, ["CT"])
+    spacing = np.linalg.norm(volume.affine[:3, :3], axis=0)
+    body_ml = float((volume.hu > -300).sum()) * float(np.prod(spacing)) / 1000
+    assert dense["volume_ml"] == pytest.approx(body_ml, rel=0.15)
+    assert source.mask is not None and source.mask.shape == x.shape[2:]
