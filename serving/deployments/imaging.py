@@ -24,7 +24,8 @@ from serving.backends.onnx_backend import OnnxBackend
 from serving.backends.torch_backend import TorchBackend
 from serving.backends.triton_backend import TritonBackend
 from serving.errors import ModelLoadError
-from serving.imaging.pipeline import Payload, make_pipeline
+from serving.imaging.pipeline import Payload, Source, make_pipeline
+from serving.imaging.segmentation import mask_on_series
 from serving.observability.metrics import ModelMetrics, batch_buckets, latency_buckets
 from serving.protocol.results import ResultFormat
 from serving.repository.store import Repository, load_repository
@@ -107,10 +108,7 @@ class ImagingModel:
         findings = self.pipeline.findings(y, source)
         encoded = None
         if payload.result is not ResultFormat.JSON:
-            encoded = await asyncio.to_thread(
-                encode_result, payload.result, self.manifest, self.version, findings,
-                source.headers,
-            )
+            encoded = await asyncio.to_thread(self._encode, payload.result, findings, source)
         t3 = time.perf_counter()
         return {
             "encoded": encoded,
@@ -122,6 +120,16 @@ class ImagingModel:
                 "postprocess": round((t3 - t2) * 1e3, 3),
             },
         }
+
+    def _encode(self, fmt: ResultFormat, findings: list[dict[str, Any]], source: Source
+                ) -> bytes:
+        mask = None
+        if fmt is ResultFormat.DICOM_SEG:
+            assert source.mask is not None and source.affine is not None
+            assert source.series_affine is not None and source.series_shape is not None
+            mask = mask_on_series(source.mask, source.affine, source.series_affine,
+                                  source.series_shape)
+        return encode_result(fmt, self.manifest, self.version, findings, source.headers, mask)
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw tensors in, raw tensors out (the OIP path); inputs are validated upstream."""

@@ -9,6 +9,10 @@ the model grid's affine: voxels x |det| mm^3, in mL.
 from __future__ import annotations
 
 import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import SpatialResample
+from monai.utils import SpaceKeys
 
 BACKGROUND = "background"
 
@@ -36,3 +40,16 @@ def label_volumes(mask: np.ndarray, labels: list[str], affine: np.ndarray) -> li
         found.append({"label": label, "voxels": voxels,
                       "volume_ml": round(voxels * voxel_ml, 3)})
     return sorted(found, key=lambda f: -f["voxels"])
+
+
+def mask_on_series(mask: np.ndarray, model_affine: np.ndarray, series_affine: np.ndarray,
+                   series_shape: tuple[int, int, int]) -> np.ndarray:
+    """The label mask resampled (nearest) from the model's grid back onto the series' own
+    voxels, [X, Y, Z] in slice order: the frames a DICOM SEG lays over the source images."""
+    image = MetaTensor(torch.from_numpy(mask.astype(np.float32))[None],
+                       affine=torch.as_tensor(model_affine, dtype=torch.float64),
+                       meta={"space": SpaceKeys.LPS})
+    out = SpatialResample(mode="nearest", padding_mode="zeros", dtype=np.float32)(
+        image, dst_affine=torch.as_tensor(series_affine, dtype=torch.float64),
+        spatial_size=series_shape)
+    return np.rint(np.asarray(out[0])).astype(np.uint8)

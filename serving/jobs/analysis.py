@@ -74,6 +74,8 @@ def plan(series: Sequence[SeriesInfo], models: Sequence[str],
 
 
 def _payloads(manifest: ModelManifest, parts: list[bytes]) -> list[Payload]:
+    if manifest.task == "segmentation":
+        return [Payload("application/dicom", parts, ResultFormat.DICOM_SEG)]
     if manifest.task == "detection":
         return [Payload("application/dicom", parts, ResultFormat.DICOM_SR)]
     return [Payload("application/dicom", [p], ResultFormat.DICOM_SR) for p in parts]

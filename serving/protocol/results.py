@@ -16,6 +16,7 @@ from serving.errors import NotAcceptable
 class ResultFormat(StrEnum):
     JSON = "json"
     DICOM_SR = "dicom-sr"
+    DICOM_SEG = "dicom-seg"
     FHIR = "fhir"
 
     @property
@@ -26,9 +27,13 @@ class ResultFormat(StrEnum):
 _MEDIA_TYPES = {
     ResultFormat.JSON: "application/json",
     ResultFormat.DICOM_SR: "application/dicom",
+    ResultFormat.DICOM_SEG: "application/dicom",
     ResultFormat.FHIR: "application/fhir+json",
 }
-_BY_MEDIA_TYPE = {media: fmt for fmt, media in _MEDIA_TYPES.items()}
+# A DICOM result is an SR, or a SEG for a segmentation model (`for_task`).
+_BY_MEDIA_TYPE = {"application/json": ResultFormat.JSON,
+                  "application/dicom": ResultFormat.DICOM_SR,
+                  "application/fhir+json": ResultFormat.FHIR}
 _WILDCARDS = ("*/*", "application/*")
 
 
@@ -48,6 +53,17 @@ def _accepted(accept: str) -> list[tuple[str, float]]:
         if media:
             ranges.append((media.lower(), q))
     return sorted(ranges, key=lambda r: -r[1])
+
+
+def for_task(fmt: ResultFormat, task: str, explicit: bool) -> ResultFormat:
+    """The DICOM result of a segmentation is a SEG, of the other tasks an SR; asking for the
+    other one by name is a 406."""
+    if fmt not in (ResultFormat.DICOM_SR, ResultFormat.DICOM_SEG):
+        return fmt
+    want = ResultFormat.DICOM_SEG if task == "segmentation" else ResultFormat.DICOM_SR
+    if explicit and fmt is not want:
+        raise NotAcceptable(f"a {task} model's DICOM result is format={want.value}")
+    return want
 
 
 def negotiate(format_param: str | None, accept: str | None) -> ResultFormat:

@@ -37,7 +37,7 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDa
           "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
-def _with_type2(headers: Sequence[Dataset]) -> list[Dataset]:
+def with_type2(headers: Sequence[Dataset]) -> list[Dataset]:
     for ds in headers:
         for keyword in _TYPE2:
             if keyword not in ds:
@@ -162,7 +162,7 @@ def structured_report(
     )
     try:
         return document(
-            evidence=_with_type2(headers),
+            evidence=with_type2(headers),
             content=report[0],
             series_instance_uid=result_uid("sr-series", algorithm, [headers[0].StudyInstanceUID]),
             series_number=SERIES_NUMBER,

@@ -72,6 +72,8 @@ def _observation(index: int, finding: dict[str, Any], code: Code) -> Observation
     }
     if finding.get("probability") is not None:
         obs["valueQuantity"] = _quantity(finding["probability"], "probability", "1")
+    elif finding.get("volume_ml") is not None:  # a segmented label
+        obs["valueQuantity"] = _quantity(finding["volume_ml"], "mL", "mL")
     else:
         components = [ObservationComponent(
             code=_concept(Code("81827009", "SCT", "Diameter")),

@@ -39,6 +39,11 @@ class CodedConcept(Strict):
     )
     value: str = Field(min_length=1, max_length=64, description="Code value in that scheme.")
     meaning: str = Field(min_length=1, max_length=64, description="Code meaning, for people.")
+    category: Literal["organ", "tissue", "abnormal"] = Field(
+        "abnormal",
+        description="Segmented property category in a DICOM SEG (SNOMED CT Organ, Tissue, or "
+        "Morphologically abnormal structure).",
+    )
 
 
 class Architecture(Strict):

@@ -1,6 +1,7 @@
-"""A vendor's ONNX export, imported with `medserve models import` and served by a real
-Medserve: it answers the imaging predict and OIP infer routes as the torch-served cxr-triage
-does with the same weights, and describes itself from the graph."""
+"""Imported models served by a real Medserve: a vendor's ONNX export answers the imaging
+predict and OIP infer routes as the torch-served cxr-triage does with the same weights, and
+describes itself from the graph; a MONAI segmentation bundle answers with per-label volumes,
+and as a DICOM SEG."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ import yaml
 
 from serving.repository.store import load_repository
 from serving.testing.process import ServerProcess, running_server
-from serving.testing.samples import make_radiograph
+from serving.testing.samples import make_ct_series, make_radiograph, zip_series
 from serving.triton.onnx_export import export_onnx
 from tests.conftest import MODEL_REPO, ROOT, TEST_LIMITS, Server
+from tests.unit.test_monai_bundle import make_seg_bundle
 
 NAME = "vendor-cxr"
+SEG = "dense-ct"
 INTENDED = "Decision support for readers of adult chest radiographs; the clinician decides."
 
 
@@ -41,6 +44,9 @@ def onnx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     repo.mkdir()
     done = medserve("models", "import", str(exported), "--name", NAME, "--repo", str(repo),
                     "--intended-use", INTENDED, "--labels", ",".join(cxr.labels))
+    assert done.returncode == 0, done.stdout + done.stderr
+    bundle = make_seg_bundle(tmp / "dense_bundle")
+    done = medserve("models", "import", str(bundle), "--name", SEG, "--repo", str(repo))
     assert done.returncode == 0, done.stdout + done.stderr
     config = tmp / "medserve.yaml"
     config.write_text(yaml.safe_dump({"limits": TEST_LIMITS, "ray": {"num_cpus": 4}}))
@@ -84,3 +90,28 @@ def test_oip_infer_and_metadata_come_from_the_graph(onnx_server: ServerProcess,
     got = infer(onnx_server, NAME)
     assert got.shape == (3, 14)
     np.testing.assert_allclose(got, infer(server, "cxr-triage"), atol=1e-4)
+
+
+def test_a_segmentation_bundle_answers_volumes_and_a_dicom_seg(onnx_server: ServerProcess
+                                                               ) -> None:
+    from io import BytesIO
+
+    import highdicom as hd
+    from pydicom import dcmread
+
+    body = zip_series(make_ct_series(seed=61, slices=16, rows=48, cols=48))
+    url = f"{onnx_server.url}/v1/imaging/{SEG}/predict"
+    zipped = {"Content-Type": "application/zip"}
+    as_json = httpx.post(url, content=body, headers=zipped, timeout=120)
+    assert as_json.status_code == 200, as_json.text
+    (dense,) = as_json.json()["findings"]
+    assert dense["label"] == "dense" and dense["voxels"] > 0 and dense["volume_ml"] > 0
+    as_seg = httpx.post(url, content=body, headers={**zipped, "Accept": "application/dicom"},
+                        timeout=120)
+    assert as_seg.status_code == 200, as_seg.text
+    seg = hd.seg.Segmentation.from_dataset(dcmread(BytesIO(as_seg.content)))
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["dense"]
+    assert seg.NumberOfFrames == 16  # one frame per source slice
+    wrong = httpx.post(url, content=body, headers=zipped, params={"format": "dicom-sr"},
+                       timeout=120)
+    assert wrong.status_code == 406 and "dicom-seg" in wrong.json()["error"]

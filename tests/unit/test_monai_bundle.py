@@ -200,3 +200,69 @@ def test_a_segmentation_bundle_reports_each_label_s_volume(tmp_path: Path) -> No
     body_ml = float((volume.hu > -300).sum()) * float(np.prod(spacing)) / 1000
     assert dense["volume_ml"] == pytest.approx(body_ml, rel=0.15)
     assert source.mask is not None and source.mask.shape == x.shape[2:]
+
+
+def test_a_segmentation_s_dicom_result_is_a_seg_over_the_source_slices(tmp_path: Path) -> None:
+    """Accept: application/dicom on a segmentation model gives a DICOM SEG: one segment per
+    label, frames on the source CT's own slices, read back with highdicom; it copies only the
+    patient and study of the source, like an SR."""
+    from io import BytesIO
+
+    import highdicom as hd
+    from pydicom import dcmread
+
+    from serving.imaging.dicom import decode_series
+    from serving.imaging.pipeline import Payload, make_pipeline
+    from serving.imaging.segmentation import mask_on_series
+    from serving.protocol.results import ResultFormat, for_task
+    from serving.results.encode import encode_result
+    from serving.testing.samples import make_ct_series
+    from tests.phi import PREFIX, UID_ROOT, mark
+    from tests.unit.test_results import REFERENCES, _patient_and_study_keywords
+
+    repo = tmp_path / "repo"
+    import_model(repo, make_seg_bundle(tmp_path / "seg"), ImportOptions(name="dense-ct"))
+    loaded = load_repository(repo)
+    manifest = loaded.manifest("dense-ct")
+    (version,) = manifest.versions
+    assert for_task(ResultFormat.DICOM_SR, manifest.task, explicit=False) \
+        is ResultFormat.DICOM_SEG
+    parts = [mark(p, i) for i, p in enumerate(make_ct_series(slices=16, rows=48, cols=48,
+                                                             shuffle=False))]
+    pipeline = make_pipeline(manifest)
+    x, source = pipeline.prepare(Payload("application/zip", parts, ResultFormat.DICOM_SEG))
+    backend = TorchBackend(manifest, version, loaded.verify("dense-ct", version), "cpu")
+    (y,) = asyncio.run(backend.run([x]))
+    findings = pipeline.findings(y, source)
+    mask = mask_on_series(source.mask, source.affine, source.series_affine,
+                          source.series_shape)
+    assert mask.shape == source.series_shape
+    data = encode_result(ResultFormat.DICOM_SEG, manifest, "1.0.0", findings, source.headers,
+                         mask)
+    seg = hd.seg.Segmentation.from_dataset(dcmread(BytesIO(data)))
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage
+    (segment,) = seg.SegmentSequence
+    assert segment.SegmentLabel == "dense" and segment.SegmentAlgorithmType == "AUTOMATIC"
+    assert segment.SegmentAlgorithmName == "dense-ct"
+    # the frames, back on the source slices, are the resampled mask
+    volume = decode_series(parts, ["CT"])
+    by_position = {round(float(h.ImagePositionPatient[2]), 3): k
+                   for k, h in enumerate(volume.headers)}
+    got = np.zeros(mask.shape, dtype=np.uint8)
+    pixels = seg.pixel_array
+    for frame, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        z = round(float(item.PlanePositionSequence[0].ImagePositionPatient[2]), 3)
+        got[:, :, by_position[z]] = pixels[frame].T
+    np.testing.assert_array_equal(got, mask)
+    # it measures the body on the source grid about as the JSON volume says (+-10 %)
+    spacing = np.linalg.norm(volume.affine[:3, :3], axis=0)
+    seg_ml = float(mask.sum()) * float(np.prod(spacing)) / 1000
+    assert seg_ml == pytest.approx(findings[0]["volume_ml"], rel=0.10)
+    # only the patient and study of the marked source, and the frame of reference a SEG
+    # shares with the images it lies on
+    allowed = _patient_and_study_keywords(volume.headers[0].SOPClassUID) | REFERENCES | {
+        "FrameOfReferenceUID"}
+    leaked = sorted({e.keyword for e in seg.iterall() if e.VR != "SQ" and e.keyword not in allowed
+                     and (PREFIX in str(e.value).upper() or UID_ROOT in str(e.value))})
+    assert leaked == []
+    assert seg.PatientID == volume.headers[0].PatientID

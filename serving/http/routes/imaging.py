@@ -13,7 +13,7 @@ from serving.http.gateway_api import GatewayAPI
 from serving.http.request_context import request_priority
 from serving.imaging.pipeline import Payload
 from serving.protocol.imaging import PredictResponse
-from serving.protocol.results import ResultFormat, negotiate
+from serving.protocol.results import ResultFormat, for_task, negotiate
 
 router = APIRouter(tags=["Imaging"])
 
@@ -44,7 +44,8 @@ ERRORS[200] = {"content": {
                               "description": "FHIR R4 DiagnosticReport"},
 }}
 FORMAT = Query(
-    None, description="Result format: json (default), dicom-sr or fhir; overrides Accept."
+    None, description="Result format: json (default), dicom-sr (dicom-seg for a segmentation "
+    "model) or fhir; overrides Accept."
 )
 
 
@@ -60,7 +61,8 @@ async def predict(
     target = gw.resolve(model, version)
     priority = request_priority(request)
     manifest = target.manifest
-    result_format = negotiate(format, request.headers.get("accept"))
+    result_format = for_task(negotiate(format, request.headers.get("accept")), manifest.task,
+                             explicit=format is not None)
     ctype = media_type(request)
     if ctype not in manifest.content_types:
         raise UnsupportedMediaType(
