@@ -102,6 +102,19 @@ def _read(data: bytes, where: str) -> Dataset:
     return ds
 
 
+def read_header(data: bytes, where: str = "") -> Dataset:
+    """An instance's header without its pixels, with the same guards as a decode (a deflated
+    dataset is inflated with a bound first): for routing a received instance."""
+    _check_inflated_size(data, where)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dcmread(BytesIO(data), stop_before_pixels=True)
+    except Exception:
+        raise InvalidInput(f"{where}not a DICOM file, or its header could not be parsed") \
+            from None
+
+
 def _check_instance(ds: Dataset, accepted: Sequence[str], where: str) -> None:
     """Modality, pixel presence, frame count and size: all decided from the header alone."""
     try:

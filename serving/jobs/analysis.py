@@ -1,11 +1,10 @@
-"""One study, analysed: which model runs on which series, fetch, predict, store the SR.
+"""One study, analysed: which model runs on which series, fetch, predict, store the result.
 
 A series goes to every chosen model whose manifest accepts its modality and body part
-(`modalities`, `body_parts`): a detector
-(`lung-nodule-ct`) takes the whole series, a classifier (`cxr-triage`) each instance. A model
-that cannot take a series (too few slices, wrong geometry, too large) is skipped with its
-reason, and the others still run; a study nothing could be run on fails. PACS and model
-outages (`Unavailable`) propagate: the job is tried again later.
+(`modalities`, `body_parts`): a detector or a segmenter takes the whole series, a classifier
+(`cxr-triage`) each instance. What a model cannot take (too few slices, wrong geometry, too
+large) is skipped with its reason, and the rest still runs; a study nothing could be run on
+fails. PACS and model outages (`Unavailable`) propagate: the job is tried again later.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from serving.protocol.jobs import JobResult, JobSkip
 from serving.protocol.results import ResultFormat
 from serving.schema.imaging import ModelManifest
 
-# model name, payload -> (served version, predict result with the SR under "encoded")
+# model name, payload -> (served version, predict result with its SR/SEG under "encoded")
 Predict = Callable[[str, Payload], Awaitable[tuple[str, dict[str, Any]]]]
 # What a model cannot take is a skip; anything else (a 503, a 504) is the job's problem.
 SKIPPABLE = (InvalidInput, UnprocessableInput, PayloadTooLarge, UnsupportedMediaType)
@@ -49,7 +48,7 @@ class StudySource(Protocol):
 
 
 class ResultSink(Protocol):
-    """Where its DICOM SRs go: the PACS, or the spool when there is none."""
+    """Where its DICOM results go: the PACS, or the spool when there is none."""
 
     def store(self, instance: bytes) -> None: ...
 
@@ -101,17 +100,22 @@ async def analyze_study(
         try:
             if s.uid not in fetched:  # pairs come series by series: hold one series at a time
                 fetched = {s.uid: await asyncio.to_thread(source.instances, s)}
-            for payload in _payloads(manifests[name], fetched[s.uid]):
-                version, result = await predict(name, payload)
-                sr: bytes = result["encoded"]
-                await asyncio.to_thread(sink.store, sr)
-                results.append(JobResult(
-                    model=name, version=version, series_instance_uid=s.uid,
-                    sop_instance_uid=_sop_instance_uid(sr), findings=len(result["findings"]),
-                ))
         except SKIPPABLE as exc:
-            skipped.append(JobSkip(model=name, series_instance_uid=s.uid,
-                                   reason=_reason(exc)))
+            skipped.append(JobSkip(model=name, series_instance_uid=s.uid, reason=_reason(exc)))
+            continue
+        for payload in _payloads(manifests[name], fetched[s.uid]):
+            try:
+                version, result = await predict(name, payload)
+            except SKIPPABLE as exc:
+                skipped.append(JobSkip(model=name, series_instance_uid=s.uid,
+                                       reason=_reason(exc)))
+                continue
+            encoded: bytes = result["encoded"]
+            await asyncio.to_thread(sink.store, encoded)
+            results.append(JobResult(
+                model=name, version=version, series_instance_uid=s.uid,
+                sop_instance_uid=_sop_instance_uid(encoded), findings=len(result["findings"]),
+            ))
     if not results:
         raise NothingToAnalyze("no model could analyse any series of the study: " +
                                "; ".join(f"{s.model}: {s.reason}" for s in skipped))

@@ -10,11 +10,8 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Any, NamedTuple
-
-from pydicom import dcmread
 
 from serving.dicomweb.pacs import Pacs
 from serving.errors import (
@@ -24,6 +21,7 @@ from serving.errors import (
     NotConfigured,
     UnprocessableInput,
 )
+from serving.imaging.dicom import read_header
 from serving.imaging.pipeline import Payload
 from serving.jobs.analysis import PacsStudy, ResultSink, StudySource, analyze_study
 from serving.jobs.runner import JobRunner
@@ -181,13 +179,13 @@ class StudyJobs:
 def _headers(parts: list[bytes]) -> list[Header]:
     out = []
     for index, data in enumerate(parts):
+        ds = read_header(data, f"part {index}: ")  # 400, or 413 for a deflate bomb
         try:
-            ds = dcmread(BytesIO(data), stop_before_pixels=True)
             study, series, sop_class, sop_instance = (
                 str(ds[k].value) for k in ("StudyInstanceUID", "SeriesInstanceUID",
                                            "SOPClassUID", "SOPInstanceUID"))
-        except Exception:
-            raise InvalidInput(f"part {index}: not a DICOM instance with study, series and "
+        except (KeyError, AttributeError):
+            raise InvalidInput(f"part {index}: a DICOM instance without study, series and "
                                "SOP instance UIDs") from None
         if not all(_UID.fullmatch(u) and len(u) <= 64
                    for u in (study, series, sop_class, sop_instance)):

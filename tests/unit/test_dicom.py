@@ -25,7 +25,13 @@ from serving.errors import (
     UnsupportedMediaType,
 )
 from serving.imaging import dicom
-from serving.imaging.dicom import decode_png, decode_radiograph, decode_series, unzip_series
+from serving.imaging.dicom import (
+    decode_png,
+    decode_radiograph,
+    decode_series,
+    read_header,
+    unzip_series,
+)
 from serving.testing import samples
 
 PHI = {
@@ -470,6 +476,8 @@ def test_a_deflate_bomb_is_refused_before_pydicom_inflates_it() -> None:
     assert len(bomb) < 1 << 20
     with pytest.raises(PayloadTooLarge, match="deflated DICOM inflates past 129 MiB"):
         decode_radiograph(bomb, ["DX"])
+    with pytest.raises(PayloadTooLarge, match="part 0: deflated DICOM inflates past"):
+        read_header(bomb, "part 0: ")  # routing a received (STOW-RS) instance
     with pytest.raises(InvalidInput):  # a broken deflate stream is a plain 400
         decode_radiograph(bomb[: len(bomb) // 2] + b"\xff" * 64, ["DX"])
 
