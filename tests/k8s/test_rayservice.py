@@ -246,3 +246,32 @@ def test_ray_start_params_are_real_ray_start_options(
             else:
                 assert json.loads(params["resources"]) == {
                     f"medserve-pool-{group}": 1000}, (name, group)
+
+
+def test_a_cluster_with_a_pacs_gives_its_ray_pods_the_credentials_from_a_secret() -> None:
+    """`pacs:` names the environment variables of its basic-auth credentials; every Ray
+    container (head and workers: a gateway may run on any) reads them from the
+    `medserve-pacs` Secret, which may be absent (a PACS without auth)."""
+    from serving.deploy.k8s.rayservice import rayservice as build
+    from serving.repository.store import load_cluster_config
+    from serving.schema.cluster import PacsConfig
+    from tests.conftest import ROOT
+
+    cluster = load_cluster_config(ROOT / "medserve.yaml")
+    with_pacs = cluster.model_copy(update={"pacs": PacsConfig(
+        url="https://pacs.hospital.example/dicom-web", username_env="PACS_USER",
+        password_env="PACS_PASSWORD")})
+    overlay = cluster.kubernetes.overlays["production"]
+    for config, want in ((cluster, []), (with_pacs, ["PACS_USER", "PACS_PASSWORD"])):
+        spec = build(ROOT / "model_repo", ROOT / "medserve.yaml", config, overlay)["spec"]
+        clusters = spec["rayClusterConfig"]
+        templates = [clusters["headGroupSpec"]["template"],
+                     *(w["template"] for w in clusters["workerGroupSpecs"])]
+        for template in templates:
+            ray = template["spec"]["containers"][0]
+            refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in ray["env"]
+                    if "valueFrom" in e}
+            assert list(refs) == want
+            assert all(r["name"] == "medserve-pacs" and r["optional"] for r in refs.values())
+            assert {r["key"] for r in refs.values()} == ({"username", "password"} if want
+                                                         else set())

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from serving.schema.cluster import PacsConfig
 from serving.schema.kubernetes import KubernetesConfig, Overlay, PodSize, WorkerGroup
 
 APP_LABEL = {"app.kubernetes.io/name": "medserve"}
@@ -98,6 +99,20 @@ def _volumes(overlay: Overlay, triton: bool) -> list[dict[str, Any]]:
     ]
 
 
+PACS_SECRET = "medserve-pacs"  # keys `username` and `password`: the PACS's basic auth
+
+
+def _pacs_env(pacs: PacsConfig | None) -> list[dict[str, Any]]:
+    """The PACS credentials the cluster config names, from the `medserve-pacs` Secret
+    (optional: a PACS without auth needs none)."""
+    if pacs is None:
+        return []
+    return [{"name": env, "valueFrom": {"secretKeyRef": {
+        "name": PACS_SECRET, "key": key, "optional": True}}}
+            for env, key in ((pacs.username_env, "username"), (pacs.password_env, "password"))
+            if env]
+
+
 def _env(overlay: Overlay) -> list[dict[str, str]]:
     return [
         {"name": "HOME", "value": "/tmp"},
@@ -172,7 +187,7 @@ def _pre_stop(script: str) -> dict[str, Any]:
 
 def ray_container(
     k8s: KubernetesConfig, overlay: Overlay, size: PodSize, *, head: bool,
-    serve_port: int, metrics_port: int, gpus: int = 0,
+    serve_port: int, metrics_port: int, gpus: int = 0, pacs: PacsConfig | None = None,
 ) -> dict[str, Any]:
     ports = [{"name": "serve", "containerPort": serve_port},
              {"name": "metrics", "containerPort": metrics_port}]
@@ -189,7 +204,7 @@ def ray_container(
         "image": k8s.image,
         "imagePullPolicy": overlay.image_pull_policy,
         "ports": ports,
-        "env": _env(overlay),
+        "env": [*_env(overlay), *_pacs_env(pacs)],
         "resources": _resources(size.cpus, size.memory, gpus),
         "securityContext": container_security(),
         "livenessProbe": _probe("/api/local_raylet_healthz", AGENT_PORT,
@@ -254,8 +269,10 @@ def triton_sidecar(overlay: Overlay) -> dict[str, Any]:
 def pod_template(
     k8s: KubernetesConfig, overlay: Overlay, group: WorkerGroup | None, *,
     serve_port: int, metrics_port: int, weights: bool, triton_models: Sequence[str] = (),
+    pacs: PacsConfig | None = None,
 ) -> dict[str, Any]:
-    """`triton_models`: the triton-backend models this group hosts; they get a sidecar."""
+    """`triton_models`: the triton-backend models this group hosts; they get a sidecar.
+    `pacs`: the cluster's PACS, whose credentials the Ray container gets from a Secret."""
     head = group is None
     size: PodSize = overlay.head if group is None else group
     skips = [SKIP_IMAGE_DIGEST, *([SKIP_HEAD_TOKEN] if head else [])]
@@ -271,7 +288,8 @@ def pod_template(
                                           triton_models=triton_models),
         "containers": [
             ray_container(k8s, overlay, size, head=head, serve_port=serve_port,
-                          metrics_port=metrics_port, gpus=group.gpus if group else 0),
+                          metrics_port=metrics_port, gpus=group.gpus if group else 0,
+                          pacs=pacs),
             *([triton_sidecar(overlay)] if triton_models else []),
         ],
         "volumes": _volumes(overlay, bool(triton_models)),

@@ -133,7 +133,7 @@ def rayservice(
             "template": pods.pod_template(
                 k8s, overlay, group, **ports,
                 weights=any(d.deployment != GATEWAY for d in items),
-                triton_models=plan.on([d.deployment for d in items]),
+                triton_models=plan.on([d.deployment for d in items]), pacs=cluster.pacs,
             ),
         })
     return {
@@ -157,7 +157,8 @@ def rayservice(
                         "dashboard-host": "0.0.0.0",
                         "num-cpus": "0",
                     },
-                    "template": pods.pod_template(k8s, overlay, None, **ports, weights=False),
+                    "template": pods.pod_template(k8s, overlay, None, **ports, weights=False,
+                                                  pacs=cluster.pacs),
                 },
                 "workerGroupSpecs": workers,
             },
