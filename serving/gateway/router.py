@@ -27,7 +27,7 @@ from serving.gateway.targets import LLMTarget, Target, handle_key, split_key
 from serving.gateway.traffic import Routing, pick, routing
 from serving.imaging.pipeline import Payload
 from serving.jobs.service import StudyJobs
-from serving.observability.metrics import AdmissionMetrics, latency_buckets
+from serving.observability.metrics import AdmissionMetrics, JobMetrics, latency_buckets
 from serving.protocol.priority import Priority
 from serving.repository.store import load_repository
 from serving.schema.cluster import ClusterConfig
@@ -56,6 +56,7 @@ class Router:
             self.config.gateway.num_replicas, self.config.http.request_timeout_s
         )
         self._admission_metrics: AdmissionMetrics | None = None
+        self._job_metrics: JobMetrics | None = None
         # Study jobs (serving/jobs/): studies in the PACS, or sent here over STOW-RS.
         self.jobs = StudyJobs(self.config, self.repo.models, self._predict_for_job)
 
@@ -63,7 +64,18 @@ class Router:
         self, model: str, payload: Payload, priority: Priority
     ) -> tuple[str, dict[str, Any]]:
         target = self.resolve(model)
-        return target.version, await self.call(target, "predict", payload, priority=priority)
+        if self._job_metrics is None:  # made on first use, in the replica
+            self._job_metrics = JobMetrics()
+        status = 500
+        try:
+            result = await self.call(target, "predict", payload, priority=priority)
+            status = 200
+        except MedserveError as exc:
+            status = exc.status_code
+            raise
+        finally:
+            self._job_metrics.predicted(model, target.version, status)
+        return target.version, result
 
     async def check_health(self) -> None:
         """Serve's periodic health check: also (re)starts the job workers, so a restarted

@@ -41,6 +41,7 @@ REPLICA_READY = "medserve_replica_ready"
 ADMISSION_WAIT = "medserve_admission_wait_seconds"
 ADMISSION_IN_FLIGHT = "medserve_admission_in_flight"
 ADMISSION_QUEUED = "medserve_admission_queued"
+JOB_PREDICTIONS = "medserve_job_predictions_total"
 LLM_TTFT = "medserve_llm_time_to_first_token_seconds"
 LLM_ITL = "medserve_llm_inter_token_latency_seconds"
 LLM_DURATION = "medserve_llm_request_duration_seconds"
@@ -231,6 +232,18 @@ class AdmissionMetrics:
             tags = {"model": model, "version": version}
             self.in_flight.set(float(in_flight), tags)
             self.queued.set(float(queued), tags)
+
+
+class JobMetrics:
+    """Predictions study jobs make (serving/jobs/): model work that no HTTP request counts."""
+
+    def __init__(self) -> None:
+        self.predictions = _serve_metrics().Counter(
+            JOB_PREDICTIONS, "Predictions made by study jobs, by status code.",
+            ("model", "version", "status"))
+
+    def predicted(self, model: str, version: str, status: int) -> None:
+        self.predictions.inc(1, {"model": model, "version": version, "status": str(status)})
 
 
 class ModelMetrics:

@@ -13,17 +13,21 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from loadtests.run.local import edited_repository
 from loadtests.run.overload import Outcome, send
-from serving.app import deployment_name
+from serving.app import GATEWAY, deployment_name
+from serving.testing.orthanc import OrthancProcess
 from serving.testing.process import ServerProcess, running_server
-from serving.testing.samples import make_png
-from tests.conftest import MODEL_REPO, ROOT
+from serving.testing.samples import make_ct_series, make_png
+from tests.conftest import MODEL_REPO, PACS_ENV, ROOT, TEST_JOBS
 from tests.integration.harness import ready_replicas, write_config
+from tests.integration.test_pacs import _analyze, _job, _srs, _store, _wait
+from tests.orthanc import require
 from tests.prom import eventually
 
 CXR = "/v1/imaging/cxr-triage/predict"
@@ -33,16 +37,23 @@ CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture(scope="module")
-def fault_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def fault_server(tmp_path_factory: pytest.TempPathFactory, pacs: OrthancProcess | None
+                 ) -> Iterator[ServerProcess]:
     tmp = tmp_path_factory.mktemp("faults")
     repo = edited_repository(MODEL_REPO, tmp / "repo", {
         "cxr-triage": {"scaling": {"min_replicas": 2, "max_replicas": 2}},
         "clinical-llm": {"scaling": {"min_replicas": 1, "max_replicas": 1}},
     })
-    config = write_config(tmp / "medserve.yaml", http={"request_timeout_s": 60})
+    sections: dict[str, Any] = {"http": {"request_timeout_s": 60}, "jobs": {
+        **TEST_JOBS, "store_path": str(tmp / "jobs.sqlite")}}
+    env = {"RAY_metrics_report_interval_ms": "1000"}
+    if pacs is not None:  # the session's Orthanc, for the killed gateway's study job
+        sections["pacs"] = {"url": pacs.dicomweb_url, "username_env": "MEDSERVE_PACS_USER",
+                            "password_env": "MEDSERVE_PACS_PASSWORD"}
+        env |= dict(zip(PACS_ENV, pacs.auth, strict=True))
+    config = write_config(tmp / "medserve.yaml", **sections)
     with running_server("--repo", str(repo), "--config", str(config), log=tmp / "server.log",
-                        cwd=ROOT, metrics=True, env={"RAY_metrics_report_interval_ms": "1000"},
-                        ) as srv:
+                        cwd=ROOT, metrics=True, env=env) as srv:
         yield srv
 
 
@@ -171,3 +182,25 @@ def test_killing_the_llm_replica_ends_streams_with_an_error_and_new_ones_succeed
               f"{refused}")
         # While no replica was up, new streams waited for one or got a retryable 503.
         assert all(status == 503 and retry for status, retry in refused), refused
+
+
+def test_a_study_job_survives_its_gateway_replica(
+    fault_server: ServerProcess, pacs: OrthancProcess | None,
+) -> None:
+    """The gateway running a study job is killed; another takes the job up once its lease
+    expires, and the result is stored once. (Here, not in test_pacs: a kill loses the killed
+    gateway's unexported metrics, which the shared server's Prometheus test adds up.)"""
+    orthanc = require(pacs)
+    parts = make_ct_series(seed=22, slices=40, rows=96, cols=96)
+    study = _store(orthanc, parts).StudyInstanceUID
+    url = _analyze(fault_server, study).headers["location"]
+
+    def running() -> None:
+        assert _job(fault_server, url)["status"] == "running"
+    eventually(running, timeout_s=30, every_s=0.05)
+    (pid,) = fault_server.replica_pids(GATEWAY)
+    os.kill(pid, signal.SIGKILL)
+    job = _wait(fault_server, url, timeout_s=240)
+    assert job["status"] == "done", job
+    assert job["attempts"] >= 2
+    assert len(_srs(orthanc, study)) == 1

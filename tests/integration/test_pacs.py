@@ -27,7 +27,6 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from serving.app import GATEWAY
 from serving.net import free_port
 from serving.testing.orthanc import OrthancProcess, start_orthanc
 from serving.testing.samples import make_ct_series, make_radiograph, zip_series
@@ -201,23 +200,6 @@ def test_a_pacs_that_is_down_is_a_503_with_retry_after(
         again = start_orthanc(Path(orthanc.log).parent, port=orthanc.port)
         orthanc.proc = again.proc
     assert _analyze(server, study).status_code == 202
-
-
-def test_a_job_survives_its_gateway_replica(server: Server, orthanc: OrthancProcess) -> None:
-    """The gateway running a job is killed; another takes the job up once its lease expires,
-    and the result is stored once."""
-    parts = make_ct_series(seed=22, slices=40, rows=96, cols=96)
-    study = _store(orthanc, parts).StudyInstanceUID
-    url = _analyze(server, study).headers["location"]
-    def running() -> None:
-        assert _job(server, url)["status"] == "running"
-    eventually(running, timeout_s=30, every_s=0.05)
-    (pid,) = server.replica_pids(GATEWAY)
-    os.kill(pid, signal.SIGKILL)
-    job = _wait(server, url, timeout_s=240)
-    assert job["status"] == "done", job
-    assert job["attempts"] >= 2
-    assert len(_srs(orthanc, study)) == 1
 
 
 def _stow_client(server: Server, seen: list[requests.Response]) -> DICOMwebClient:

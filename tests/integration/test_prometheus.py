@@ -254,11 +254,11 @@ def test_latency_histogram_buckets_match_client_timings(prometheus, traffic) -> 
 
 
 def test_model_deployment_metrics_agree_with_the_gateway(prometheus, traffic) -> None:
-    """Across deployments and all the session's traffic: each successful predict was
-    preprocessed once, each successful inference request waited in the queue once, and each
-    batch ran one forward pass. A request the client abandoned (499) or that failed with a 5xx
-    may or may not have reached the model, so those widen the bounds; without them they are
-    equalities."""
+    """Across deployments and all the session's traffic: each successful predict (over HTTP,
+    or by a study job) was preprocessed once, each successful inference request waited in the
+    queue once, and each batch ran one forward pass. A request the client abandoned (499) or
+    that failed with a 5xx may or may not have reached the model, so those widen the bounds,
+    as do a job's refused predictions; without them they are equalities."""
     def count(promql: str) -> float:
         return prometheus.scalar(promql) or 0.0
 
@@ -267,10 +267,13 @@ def test_model_deployment_metrics_agree_with_the_gateway(prometheus, traffic) ->
 
         def agree(model: str = model, answered: str = answered) -> None:
             m = f'{{model="{model}"}}'
+            jobs = f'ray_medserve_job_predictions_total{{model="{model}"'
+            job_ok = count(f'sum({jobs},status="200"}})')
+            job_other = count(f'sum({jobs},status!="200"}})')
             for routes, stage in (('route=~".*/predict"', "preprocess_duration_seconds"),
                                   (INFER_ROUTES, "queue_wait_seconds")):
-                ok = count(f'sum({answered},{routes},status="200"}})')
-                unfinished = count(f'sum({answered},{routes},status=~"499|5.."}})')
+                ok = count(f'sum({answered},{routes},status="200"}})') + job_ok
+                unfinished = count(f'sum({answered},{routes},status=~"499|5.."}})') + job_other
                 seen = count(f"sum(ray_medserve_{stage}_count{m})")
                 assert ok <= seen <= ok + unfinished, (stage, ok, seen, unfinished)
             batches = count(f"sum(ray_medserve_batch_size_count{m})")
