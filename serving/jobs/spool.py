@@ -25,25 +25,25 @@ class Spool:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def _dir(self, job_id: str, kind: str) -> Path:
+    def folder(self, job_id: str, kind: str) -> Path:
         return self.root / job_id / kind
 
     def save_inputs(self, job_id: str, parts: list[bytes]) -> None:
-        folder = self._dir(job_id, "inputs")
+        folder = self.folder(job_id, "inputs")
         folder.mkdir(parents=True, exist_ok=True)
         for index, data in enumerate(parts):
             (folder / f"{index:06d}.dcm").write_bytes(data)
 
     def drop_inputs(self, job_id: str) -> None:
-        shutil.rmtree(self._dir(job_id, "inputs"), ignore_errors=True)
+        shutil.rmtree(self.folder(job_id, "inputs"), ignore_errors=True)
 
     def save_result(self, job_id: str, sop_instance_uid: str, data: bytes) -> None:
-        folder = self._dir(job_id, "results")
+        folder = self.folder(job_id, "results")
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{sop_instance_uid}.dcm").write_bytes(data)
 
     def result(self, job_id: str, sop_instance_uid: str) -> bytes:
-        path = self._dir(job_id, "results") / f"{sop_instance_uid}.dcm"
+        path = self.folder(job_id, "results") / f"{sop_instance_uid}.dcm"
         if not _UID.fullmatch(sop_instance_uid) or not path.is_file():
             raise ModelNotFound("no such result")
         return path.read_bytes()
@@ -53,7 +53,7 @@ class SpooledStudy:
     """A received study as a job reads it: its series, then each series' instances."""
 
     def __init__(self, spool: Spool, job_id: str) -> None:
-        self.folder = spool._dir(job_id, "inputs")
+        self.folder = spool.folder(job_id, "inputs")
 
     def _by_series(self) -> dict[str, list[Path]]:
         files: dict[str, list[Path]] = defaultdict(list)

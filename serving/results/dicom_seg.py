@@ -18,8 +18,8 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from serving.errors import UnprocessableInput
-from serving.results.dicom_sr import SERIES_NUMBER, with_type2
-from serving.results.identity import MANUFACTURER, Algorithm, result_uid, source_uids
+from serving.results.dicom_sr import with_type2
+from serving.results.identity import Algorithm, result_instance, source_uids
 
 BACKGROUND = "background"
 
@@ -63,20 +63,11 @@ def segmentation(
             pixel_array=frames,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=segments,
-            series_instance_uid=result_uid("seg-series", algorithm,
-                                           [headers[0].StudyInstanceUID]),
-            series_number=SERIES_NUMBER,
-            sop_instance_uid=result_uid("seg", algorithm, sources),
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            manufacturer_model_name=algorithm.model[:64],
-            software_versions=algorithm.version[:64],
             device_serial_number="0",
-            content_description="AI result: decision support; a clinician makes the final "
-            "decision"[:64],
+            content_description="Decision support only: a clinician makes the decision",
             content_label="AI_RESULT",
-            series_description=f"AI result: {algorithm.model} {algorithm.version}"[:64],
             omit_empty_frames=False,
+            **result_instance("seg", algorithm, headers, sources),
         )
     except (AttributeError, ValueError, TypeError):
         raise UnprocessableInput("the source instances lack the patient, study, series or "

@@ -24,13 +24,18 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from serving.errors import UnprocessableInput
-from serving.results.identity import MANUFACTURER, Algorithm, result_uid, source_uids
+from serving.results.identity import (
+    MANUFACTURER,
+    Algorithm,
+    result_instance,
+    result_uid,
+    source_uids,
+)
 
 PROBABILITY = codes.DCM.Probability
 DETECTION_SCORE = codes.SCT.Score
 DIAMETER = codes.SCT.Diameter
 NO_UNITS = Code("1", "UCUM", "no units")
-SERIES_NUMBER = 9901  # results sort after the acquired series in a viewer
 # Type 2 attributes of the patient and study modules: a result must have them, empty if the
 # source has none (real modalities often leave Study ID out).
 _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
@@ -162,17 +167,8 @@ def structured_report(
     )
     try:
         return document(
-            evidence=with_type2(headers),
-            content=report[0],
-            series_instance_uid=result_uid("sr-series", algorithm, [headers[0].StudyInstanceUID]),
-            series_number=SERIES_NUMBER,
-            sop_instance_uid=result_uid("sr", algorithm, sources),
-            instance_number=1,
-            manufacturer=MANUFACTURER,
-            manufacturer_model_name=algorithm.model[:64],
-            software_versions=algorithm.version[:64],
-            series_description=f"AI result: {algorithm.model} {algorithm.version}"[:64],
-            is_complete=True,
+            evidence=with_type2(headers), content=report[0], is_complete=True,
+            **result_instance("sr", algorithm, headers, sources),
         )
     except (AttributeError, ValueError, TypeError):
         # highdicom names the attribute it missed; the source's values are never echoed

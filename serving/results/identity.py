@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
@@ -68,3 +69,23 @@ def result_uid(kind: str, algorithm: Algorithm, sources: Sequence[str]) -> str:
     for different inputs."""
     name = "\n".join(["medserve", kind, algorithm.model, algorithm.version, *sorted(sources)])
     return f"2.25.{uuid.uuid5(_NAMESPACE, name).int}"
+
+
+SERIES_NUMBER = 9901  # results sort after the acquired series in a viewer
+
+
+def result_instance(kind: str, algorithm: Algorithm, headers: Sequence[Dataset],
+                    sources: Sequence[str]) -> dict[str, Any]:
+    """What every result instance (SR, SEG) says of itself: its deterministic UIDs, that
+    Medserve made it with which model version, and a series description saying it is AI."""
+    return {
+        "series_instance_uid": result_uid(f"{kind}-series", algorithm,
+                                          [str(headers[0].StudyInstanceUID)]),
+        "series_number": SERIES_NUMBER,
+        "sop_instance_uid": result_uid(kind, algorithm, sources),
+        "instance_number": 1,
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": algorithm.model[:64],
+        "software_versions": algorithm.version[:64],
+        "series_description": f"AI result: {algorithm.model} {algorithm.version}"[:64],
+    }
