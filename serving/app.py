@@ -170,8 +170,8 @@ def serve_config(
         "http_options": {
             "host": "0.0.0.0" if target == "k8s" else http.host,
             "port": http.port,
-            # Serve's own timeout sits above ours so clients see Medserve's 504 body.
-            "request_timeout_s": http.request_timeout_s + 5,
+            # Serve's own timeout sits above ours so clients see Medserve's 408/504 bodies.
+            "request_timeout_s": config.proxy_timeout_s,
             "keep_alive_timeout_s": http.keep_alive_timeout_s,
         },
         "logging_config": {"encoding": "JSON", "log_level": "INFO", "enable_access_log": True},

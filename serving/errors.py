@@ -95,6 +95,14 @@ class Unavailable(MedserveError):
     shed_reason = "unavailable"
 
 
+class UploadTimeout(MedserveError):
+    """The body did not arrive within `limits.upload_timeout_s` (a stalled or far too slow
+    client): timed apart from processing, so a slow link cannot eat a request's deadline."""
+
+    status_code = 408
+    error_type = "upload_timeout"
+
+
 class QueueTimeout(MedserveError):
     status_code = 504
     error_type = "timeout"

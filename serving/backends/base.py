@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 from monai.inferers import SlidingWindowInferer
@@ -17,9 +17,35 @@ from monai.inferers import SlidingWindowInferer
 from serving.errors import Unavailable
 from serving.schema.imaging import CTPreprocessing, ModelManifest
 
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+Stop = Callable[[], bool]  # true once no caller waits for a batch's result any more
+
+
+def never() -> bool:
+    return False
+
+
+class Cancelled(Exception):
+    """Every request of a batch was given up (its client went away, or its gateway timed out):
+    the work stopped at the next chunk or sliding window instead of running to the end."""
+
+
+def checked(forward: Callable[[T], U], stop: Stop) -> Callable[[T], U]:
+    """`forward`, refusing to start another chunk or window once `stop()` says no one waits."""
+
+    def run(x: T) -> U:
+        if stop():
+            raise Cancelled
+        return forward(x)
+
+    return run
+
 
 class Backend(Protocol):
-    async def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]: ...
+    async def run(self, inputs: list[np.ndarray], stop: Stop = never) -> list[np.ndarray]: ...
 
     def ready(self) -> bool: ...
 
@@ -52,7 +78,7 @@ class NotLoaded:
     def __init__(self, message: str) -> None:
         self.error = Unavailable(message, retry_after_s=30, reason="not_ready")
 
-    async def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    async def run(self, inputs: list[np.ndarray], stop: Stop = never) -> list[np.ndarray]:
         raise self.error
 
     def ready(self) -> bool:
@@ -81,10 +107,11 @@ class InProcess:
     def ready(self) -> bool:
         return True
 
-    async def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    async def run(self, inputs: list[np.ndarray], stop: Stop = never) -> list[np.ndarray]:
         loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self.executor, self.run_sync, inputs)
+        outputs = await loop.run_in_executor(self.executor, self.run_sync, inputs, stop)
         return check_outputs(inputs, outputs)
 
-    def run_sync(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def run_sync(self, inputs: list[np.ndarray], stop: Stop = never) -> list[np.ndarray]:
+        """Checks `stop` between chunks and windows (`checked`): a thread cannot be killed."""
         raise NotImplementedError

@@ -8,16 +8,23 @@ Serve's `@serve.batch`: the queue flushes at `batching.max_batch_size` items or 
 list goes to the backend in one call (list in, list out; the torch backend concatenates it
 into one tensor, the Triton backend sends it as one request) and each caller gets its own
 output back with the time it queued and the batch's inference time.
+
+A caller that is cancelled (its client went away, its gateway timed out) marks its item
+given up; once every item of a running batch is, the backend stops at its next chunk or
+sliding window (`Cancelled`) instead of computing for no one, and the batch is counted in
+`medserve_batches_abandoned_total`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 
 import numpy as np
 from ray import serve
 
-from serving.backends.base import Backend
+from serving.backends.base import Backend, Cancelled
 from serving.observability.metrics import ModelMetrics
 from serving.schema.imaging import Batching
 
@@ -33,14 +40,26 @@ class Batcher:
 
     async def __call__(self, x: np.ndarray) -> tuple[np.ndarray, float, float]:
         """One input in; its output, the seconds it queued, and the batch's inference seconds."""
-        return await self._run((x, time.perf_counter()))
+        given_up = threading.Event()  # read by the backend's worker thread
+        try:
+            return await self._run((x, time.perf_counter(), given_up))
+        except asyncio.CancelledError:
+            given_up.set()
+            raise
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)  # set from the manifest above
     async def _run(
-        self, items: list[tuple[np.ndarray, float]]
+        self, items: list[tuple[np.ndarray, float, threading.Event]]
     ) -> list[tuple[np.ndarray, float, float]]:
         start = time.perf_counter()
-        outputs = await self.backend.run([x for x, _ in items])
+        flags = [given_up for _, _, given_up in items]
+        try:
+            outputs = await self.backend.run([x for x, _, _ in items],
+                                             lambda: all(f.is_set() for f in flags))
+        except Cancelled:
+            self.metrics.abandoned.inc()
+            raise
         infer_s = time.perf_counter() - start
-        self.metrics.batch([start - queued for _, queued in items], infer_s)
-        return [(y, start - queued, infer_s) for (_, queued), y in zip(items, outputs, strict=True)]
+        self.metrics.batch([start - queued for _, queued, _ in items], infer_s)
+        return [(y, start - queued, infer_s)
+                for (_, queued, _), y in zip(items, outputs, strict=True)]

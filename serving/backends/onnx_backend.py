@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serving.backends.base import InProcess, run_in_chunks, sliding_window
+from serving.backends.base import InProcess, Stop, checked, never, run_in_chunks, sliding_window
 from serving.repository.onnx_graph import check_onnx, session
 from serving.schema.imaging import ModelManifest
 
@@ -34,10 +34,10 @@ class OnnxBackend(InProcess):
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.inferer = sliding_window(manifest)
 
-    def run_sync(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def run_sync(self, inputs: list[np.ndarray], stop: Stop = never) -> list[np.ndarray]:
         if self.inferer is not None:  # volumes differ in size: one sliding-window pass each
-            return [self._volume(x) for x in inputs]
-        return run_in_chunks(inputs, self.chunk, self._forward)
+            return [self._volume(x, stop) for x in inputs]
+        return run_in_chunks(inputs, self.chunk, checked(self._forward, stop))
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         n = len(x)
@@ -47,8 +47,12 @@ class OnnxBackend(InProcess):
         return np.asarray(y)[:n]
 
     @torch.inference_mode()
-    def _volume(self, x: np.ndarray) -> np.ndarray:
+    def _volume(self, x: np.ndarray, stop: Stop) -> np.ndarray:
         assert self.inferer is not None
-        y = self.inferer(torch.from_numpy(x), lambda w: torch.from_numpy(self._forward(w.numpy())))
+
+        def window(w: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(self._forward(w.numpy()))
+
+        y = self.inferer(torch.from_numpy(x), checked(window, stop))
         assert isinstance(y, torch.Tensor)
         return y.numpy()

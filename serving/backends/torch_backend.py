@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from serving.backends.base import InProcess, run_in_chunks, sliding_window
+from serving.backends.base import InProcess, Stop, checked, never, run_in_chunks, sliding_window
 from serving.repository.networks import freeze_for_inference, load_network
 from serving.schema.imaging import CTPreprocessing, ModelManifest, ModelVersion
 
@@ -41,15 +42,18 @@ class TorchBackend(InProcess):
         return torch.zeros([1 if d == -1 else d for d in manifest.inputs[0].shape])
 
     @torch.inference_mode()
-    def run_sync(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def run_sync(self, inputs: list[np.ndarray], stop: Stop = never) -> list[np.ndarray]:
         if self.inferer is not None:  # volumes differ in size: one sliding-window pass each
-            return [self._forward(x, sliding=True) for x in inputs]
-        return run_in_chunks(
-            inputs, self.max_batch_size, lambda x: self._forward(x, sliding=False)
-        )
+            return [self._forward(x, checked(self.net, stop), sliding=True) for x in inputs]
 
-    def _forward(self, x: np.ndarray, *, sliding: bool) -> np.ndarray:
+        def chunk(x: np.ndarray) -> np.ndarray:
+            return self._forward(x, self.net, sliding=False)
+
+        return run_in_chunks(inputs, self.max_batch_size, checked(chunk, stop))
+
+    def _forward(self, x: np.ndarray, net: Callable[[torch.Tensor], torch.Tensor], *,
+                 sliding: bool) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
-        y = self.inferer(t, self.net) if sliding and self.inferer else self.net(t)
+        y = self.inferer(t, net) if sliding and self.inferer else net(t)
         assert isinstance(y, torch.Tensor)
         return y.float().cpu().numpy()

@@ -22,7 +22,7 @@ import tritonclient.grpc.aio as aioclient
 from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_delay, wait_fixed
 from tritonclient.utils import InferenceServerException
 
-from serving.backends.base import check_outputs, sliding_window
+from serving.backends.base import Stop, check_outputs, checked, never, sliding_window
 from serving.errors import MedserveError, Unavailable
 from serving.schema.imaging import ModelManifest, ModelVersion
 from serving.triton.model_config import triton_io
@@ -86,10 +86,10 @@ class TritonBackend:
         except InferenceServerException:
             return False
 
-    async def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    async def run(self, inputs: list[np.ndarray], stop: Stop = never) -> list[np.ndarray]:
         if self.inferer is not None:
             loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self.executor, self._volumes, inputs)
+            outputs = await loop.run_in_executor(self.executor, self._volumes, inputs, stop)
         else:
             outputs = await self._batches(inputs)
         return check_outputs(inputs, outputs)
@@ -121,11 +121,11 @@ class TritonBackend:
         return result.as_numpy(self.io.output_name)
 
     @torch.inference_mode()
-    def _volumes(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def _volumes(self, inputs: list[np.ndarray], stop: Stop) -> list[np.ndarray]:
         assert self.inferer is not None
         outputs = []
         for x in inputs:  # volumes differ in size: one sliding-window pass each
-            y = self.inferer(torch.from_numpy(x), self._window)
+            y = self.inferer(torch.from_numpy(x), checked(self._window, stop))
             assert isinstance(y, torch.Tensor)
             outputs.append(y.numpy())
         return outputs

@@ -117,7 +117,7 @@ def serve_cmd(
             http_options={
                 "host": host,
                 "port": port,
-                "request_timeout_s": cluster.http.request_timeout_s + 5,
+                "request_timeout_s": cluster.proxy_timeout_s,
                 "keep_alive_timeout_s": cluster.http.keep_alive_timeout_s,
             }
         )

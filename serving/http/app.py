@@ -10,13 +10,16 @@ from serving.http.auth import install_auth
 from serving.http.body import JSONBodyLimit
 from serving.http.error_map import install_error_handlers
 from serving.http.gateway_api import GatewayAPI
+from serving.http.header_limits import HeaderLimits
 from serving.http.request_metrics import install_metrics
 from serving.http.routes import imaging, oip, openai, studies
 from serving.protocol.headers import accepted_request_id
 
 
 def create_app(gateway: GatewayAPI) -> FastAPI:
+    docs = gateway.config.http.docs
     app = FastAPI(
+        openapi_url="/openapi.json" if docs else None,
         title="Medserve",
         version=serving.__version__,
         description=(
@@ -44,6 +47,7 @@ def create_app(gateway: GatewayAPI) -> FastAPI:
         return await call_next(request)
 
     install_error_handlers(app)
+    app.add_middleware(HeaderLimits)  # before any other work; still counted by the metrics
     install_metrics(app, gateway)  # added last: the outermost middleware times the rest
     app.include_router(oip.router)
     app.include_router(imaging.router)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 
-from serving.errors import Forbidden, RateLimited, Unauthorized
+from serving.errors import Forbidden, MedserveError, RateLimited, Unauthorized
 from serving.gateway.tenants import Keyring, RateLimiter, Tenant, load_tenants, tenants_path
 from serving.http.gateway_api import GatewayAPI
 
@@ -80,6 +80,19 @@ async def authenticate(request: Request) -> None:
     if model is not None and not tenant.allows(model):
         raise Forbidden(FORBIDDEN)
     auth.admit(tenant)
+
+
+async def auth_error(request: Request) -> MedserveError | None:
+    """The auth error a request gets, for errors found before the app's dependencies ran:
+    FastAPI reads and validates a JSON body first, and without this a caller with no key
+    would learn the body's rules (400, 413) before being told to authenticate (401)."""
+    if hasattr(request.state, "tenant"):  # `authenticate` has run and let it through
+        return None
+    try:
+        await authenticate(request)
+    except MedserveError as exc:
+        return exc
+    return None
 
 
 def install_auth(app: FastAPI, gateway: GatewayAPI) -> None:

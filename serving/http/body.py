@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import AsyncGenerator, Mapping
 
@@ -11,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, UploadTimeout
 from serving.imaging.dicom import unzip_series
 from serving.schema.cluster import Limits
 
@@ -20,8 +21,9 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read the body, refusing early (413) by Content-Length and again while streaming."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """Read the body, refusing early (413) by Content-Length and again while streaming, and
+    408 once it has taken `timeout_s` (the upload's own deadline: processing starts after)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -29,11 +31,15 @@ async def read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise PayloadTooLarge(f"request body over the {limit} byte limit")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body over the {limit} byte limit")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body over the {limit} byte limit")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise UploadTimeout(f"request body not received within {timeout_s:g} s") from None
     if size == 0:
         raise InvalidInput("empty request body")
     return b"".join(chunks)
@@ -107,7 +113,8 @@ async def study_parts(request: Request, content_type: str, limits: Limits) -> li
     """The DICOM/PNG instances in a request: one body, a zip, or multipart file fields."""
     is_series = content_type in ("application/zip", "multipart/form-data")
     body = await read_body(
-        request, limits.max_series_bytes if is_series else limits.max_instance_bytes
+        request, limits.max_series_bytes if is_series else limits.max_instance_bytes,
+        limits.upload_timeout_s,
     )
     if content_type == "application/zip":
         return unzip_series(body, limits.max_series_instances, limits.max_series_bytes)
@@ -176,7 +183,7 @@ async def related_parts(request: Request, limits: Limits) -> list[bytes]:
         raise UnsupportedMediaType('STOW-RS takes multipart/related; type="application/dicom"')
     if not params.get("boundary"):
         raise InvalidInput("multipart/related body without a boundary")
-    body = await read_body(request, limits.max_series_bytes)
+    body = await read_body(request, limits.max_series_bytes, limits.upload_timeout_s)
     parts = split_related(body, params["boundary"], limits.max_series_instances)
     if not parts:
         raise InvalidInput("multipart/related body holds no parts")

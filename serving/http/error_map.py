@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from serving.errors import MedserveError, PayloadTooLarge, UnsupportedMediaType
+from serving.http.auth import auth_error
 from serving.http.request_metrics import CLIENT_CLOSED, note_error
 
 log = logging.getLogger("ray.serve")
@@ -50,16 +51,20 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _domain_response(request: Request, exc: MedserveError) -> JSONResponse:
+    return error_response(request, exc.status_code, exc.message, exc.error_type,
+                          exc.retry_after_s, shed_reason=exc.shed_reason)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(MedserveError)
     async def domain(request: Request, exc: MedserveError) -> JSONResponse:
-        return error_response(
-            request, exc.status_code, exc.message, exc.error_type, exc.retry_after_s,
-            shed_reason=exc.shed_reason,
-        )
+        return _domain_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if (denied := await auth_error(request)) is not None:
+            return _domain_response(request, denied)
         # Only the location and pydantic's message: the offending input value is not echoed,
         # and neither is a key the client made up (the last part of an unknown field's path).
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
@@ -71,6 +76,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http(request: Request, exc: HTTPException) -> JSONResponse:
+        if (denied := await auth_error(request)) is not None:  # e.g. a JSON body's 413
+            return _domain_response(request, denied)
         error_type = HTTP_ERROR_TYPES.get(exc.status_code, "invalid_request_error")
         return error_response(request, exc.status_code, str(exc.detail), error_type)
 

@@ -35,6 +35,7 @@ from pydicom.pixels import (
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from serving.errors import InvalidInput, PayloadTooLarge, UnprocessableInput, UnsupportedMediaType
+from serving.imaging.codestream import declared_size
 
 # pydicom logs malformed values verbatim ("Invalid value for VR DA: '<value>'"); keep its
 # records away from the service's handlers so header contents never land in a log line.
@@ -151,6 +152,11 @@ def _pixels(ds: Dataset, where: str) -> np.ndarray:
         available = False
     if not available:
         raise UnsupportedMediaType(f"{where}transfer syntax {_echo(ts, _UID)} is not supported")
+    declared = declared_size(ds.PixelData, ts)
+    if declared is not None and declared != (int(ds.Rows), int(ds.Columns)):
+        # the decoder would allocate the codestream's size, whatever the header says
+        raise InvalidInput(f"{where}compressed frame's dimensions do not match the header's "
+                           "Rows and Columns")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -162,11 +168,19 @@ def _pixels(ds: Dataset, where: str) -> np.ndarray:
 def _unit_range(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     if hi == lo or not np.isfinite(hi - lo):
         return np.zeros(arr.shape, dtype=np.float32)
-    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0).astype(np.float32, copy=False)
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601
 
 
 def _grey_from_rgb(rgb: np.ndarray) -> np.ndarray:
-    return rgb[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    """Luma in float32, a band of rows at a time: a float64 copy of a large colour image's
+    [H, W, 3] would cost 24 bytes per pixel (1.5 GB for the largest image allowed)."""
+    grey = np.empty(rgb.shape[:2], np.float32)
+    for top in range(0, rgb.shape[0], 256):
+        grey[top:top + 256] = rgb[top:top + 256, :, :3].astype(np.float32) @ _LUMA
+    return grey
 
 
 def _display_intensity(arr: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -259,7 +273,10 @@ def decode_png(data: bytes) -> np.ndarray:
     grey = _grey_from_rgb(arr) if arr.ndim == 3 and arr.shape[2] >= 3 else arr
     if grey.ndim == 3:  # LA: grey plus alpha
         grey = grey[..., 0]
-    return np.clip(grey.astype(np.float64) / full_scale, 0.0, 1.0).astype(np.float32)
+    del arr  # in place from here: the largest PNG allowed is 256 MiB per float32 copy
+    out = grey.astype(np.float32, copy=False)
+    out /= np.float32(full_scale)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 @dataclass
@@ -362,7 +379,9 @@ def unzip_series(data: bytes, max_members: int, max_total_bytes: int) -> list[by
     """Zip of instances -> their bytes, refusing bombs before and while inflating.
 
     Only stored and deflate members are read: zipfile bounds a deflate read to what we ask
-    for, but feeds bzip2 and LZMA whole chunks, which can inflate without limit.
+    for, but feeds bzip2 and LZMA whole chunks, which can inflate without limit. A member
+    whose first bytes are not a DICOM Part 10 preamble is skipped after 64 KiB, not inflated
+    whole (a 512 MiB member of zeros would otherwise be held until the decode refused it).
     """
     try:
         archive = zipfile.ZipFile(BytesIO(data))
@@ -390,16 +409,23 @@ def unzip_series(data: bytes, max_members: int, max_total_bytes: int) -> list[by
             for info in members:
                 chunks = []
                 with archive.open(info) as member:
-                    while chunk := member.read(1 << 16):
+                    head = member.read(1 << 16)
+                    if head[128:132] != b"DICM":
+                        continue  # not a Part 10 file (a readme, a thumbnail): not inflated
+                    chunk = head
+                    while chunk:
                         total += len(chunk)
                         if total > max_total_bytes:
                             raise PayloadTooLarge(
                                 f"zip archive expands to more than {max_total_bytes} bytes"
                             )
                         chunks.append(chunk)
+                        chunk = member.read(1 << 16)
                 out.append(b"".join(chunks))
         except PayloadTooLarge:
             raise
         except Exception:  # bad CRC, encrypted member, truncated stream, lying sizes
             raise InvalidInput("zip archive member could not be read") from None
+    if not out:
+        raise InvalidInput("zip archive holds no DICOM files")
     return out

@@ -37,6 +37,7 @@ QUEUE_WAIT = "medserve_queue_wait_seconds"
 PREPROCESS = "medserve_preprocess_duration_seconds"
 INFERENCE = "medserve_inference_duration_seconds"
 BATCH_SIZE = "medserve_batch_size"
+BATCHES_ABANDONED = "medserve_batches_abandoned_total"
 REPLICA_READY = "medserve_replica_ready"
 ADMISSION_WAIT = "medserve_admission_wait_seconds"
 ADMISSION_IN_FLIGHT = "medserve_admission_in_flight"
@@ -263,6 +264,9 @@ class ModelMetrics:
         self.preprocess = histogram(PREPROCESS, "Decode and preprocessing, per request.", edges)
         self.inference = histogram(INFERENCE, "Model forward pass, per batch.", edges)
         self.batch_size = histogram(BATCH_SIZE, "Requests per batch.", list(batch_buckets))
+        self.abandoned = _with_tags(sm.Counter(
+            BATCHES_ABANDONED, "Batches stopped mid-way: every request in them was given up.",
+            keys), tags)
         self.ready = _with_tags(sm.Gauge(
             REPLICA_READY, "1 while this replica can serve; sum by model and version.", keys
         ), tags)

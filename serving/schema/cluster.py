@@ -19,6 +19,11 @@ class HTTPConfig(Strict):
     port: int = Field(8000, ge=0, le=65535, description="Port the Serve proxy binds.")
     request_timeout_s: float = Field(30.0, gt=0, description="Longest a request may wait (504).")
     keep_alive_timeout_s: int = Field(30, ge=1, description="Proxy keep-alive for clients.")
+    docs: bool = Field(
+        True,
+        description="Serve the OpenAPI description (/openapi.json, /docs, /redoc). They stay "
+        "open with auth on (they describe the API, never data); false removes them.",
+    )
 
 
 class Limits(Strict):
@@ -28,6 +33,12 @@ class Limits(Strict):
     max_tensor_bytes: int = Field(256 << 20, ge=1024, description="One OIP infer body (413).")
     max_chat_bytes: int = Field(
         1 << 20, ge=1024, description="One chat completions JSON body (413)."
+    )
+    upload_timeout_s: float = Field(
+        600.0, gt=0,
+        description="Longest one request body may take to arrive (408 beyond): timed apart "
+        "from http.request_timeout_s, which starts once the body is in. 600 s carries "
+        "max_series_bytes over a 10 Mbit/s clinic link.",
     )
 
 
@@ -134,3 +145,9 @@ class ClusterConfig(Strict):
         default_factory=KubernetesConfig,
         description="KubeRay overlays: node pools, pod sizes, model store (`medserve build-k8s`).",
     )
+
+    @property
+    def proxy_timeout_s(self) -> float:
+        """Serve's proxy timeout: a whole request, upload then processing, and a margin so a
+        client sees Medserve's own 408 or 504 body rather than the proxy's plain text."""
+        return self.limits.upload_timeout_s + self.http.request_timeout_s + 5

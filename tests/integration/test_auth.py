@@ -68,7 +68,8 @@ def auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
     assert not any(k in tenants.read_text() for k in keys.values())
     audit = tmp / "audit" / "audit.jsonl"
     config = write_config(tmp / "medserve.yaml", limits=TEST_LIMITS,
-                          http={"request_timeout_s": 60}, audit={"path": str(audit)})
+                          http={"request_timeout_s": 60, "docs": False},
+                          audit={"path": str(audit)})
     with running_server(
         "--repo", str(MODEL_REPO), "--config", str(config), "--tenants", str(tenants),
         "--host", "0.0.0.0", log=tmp / "server.log", cwd=ROOT,
@@ -85,9 +86,16 @@ def test_missing_or_wrong_key_is_401(auth: AuthServer) -> None:
     r = auth.call("POST", "/v1/chat/completions", key="not-a-key",
                   json={"model": "clinical-llm", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
-    # probes and docs stay open
+    # a body FastAPI would refuse is still a 401 first: no key, no word on the body's rules
+    r = auth.call("POST", "/v1/chat/completions", content=b"{not json",
+                  headers={"Content-Type": "application/json"})
+    assert r.status_code == 401, r.text
+    # probes stay open; this server turned the OpenAPI pages off (`http.docs: false`): gone
+    # for a tenant, and like any path, not even that much said to a caller without a key
     assert auth.call("GET", "/v2/health/ready").status_code == 200
-    assert auth.call("GET", "/openapi.json").status_code == 200
+    for path in ("/openapi.json", "/docs"):
+        assert auth.call("GET", path, "research").status_code == 404
+        assert auth.call("GET", path).status_code == 401
 
 
 def test_forbidden_model_and_unknown_model_get_the_same_403(auth: AuthServer) -> None:

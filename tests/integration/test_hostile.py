@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import struct
+import zipfile
 from collections.abc import Iterator
 from io import BytesIO
 
@@ -15,6 +17,8 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
 
 from serving.testing import samples
 from serving.testing.process import memory_mib
@@ -88,3 +92,60 @@ def test_a_gzip_json_bomb_is_413(server: Server, bounded: None) -> None:
                    headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
     assert r.status_code == 413, r.text
     assert json.loads(r.text)["error"]
+
+
+def test_a_codestream_larger_than_its_header_is_400(server: Server, bounded: None) -> None:
+    """A real JPEG 2000 radiograph (pydicom's) whose SIZ claims 16384 x 16384: the decoder
+    would allocate that before failing (+1.3 GB and 4.7 s on the probe's main)."""
+    ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
+    ds.Modality = "DX"
+    pixels = bytearray(ds.PixelData)
+    struct.pack_into(">II", pixels, pixels.find(b"\xff\x4f\xff\x51") + 8, 16384, 16384)
+    ds.PixelData = bytes(pixels)
+    out = BytesIO()
+    ds.save_as(out)
+    r = httpx.post(f"{server.url}/v1/imaging/cxr-triage/predict", content=out.getvalue(),
+                   headers={"Content-Type": "application/dicom"}, timeout=120)
+    assert r.status_code == 400 and "dimensions" in r.text, r.text
+
+
+def test_the_largest_colour_png_allowed_is_served_within_the_bound(
+    server: Server, bounded: None
+) -> None:
+    """8192 x 8192 RGB (195 KB on the wire) peaked at 3.2 GB on the probe's main."""
+    png = BytesIO()
+    Image.new("RGB", (8192, 8192)).save(png, format="PNG")
+    r = httpx.post(f"{server.url}/v1/imaging/cxr-triage/predict", content=png.getvalue(),
+                   headers={"Content-Type": "image/png"}, timeout=120)
+    assert r.status_code == 200, r.text
+
+
+def test_a_zip_of_non_dicom_members_is_not_inflated(server: Server, bounded: None) -> None:
+    """Members that are not DICOM are skipped after their first 64 KiB (the probe's 512 MiB of
+    them grew the CT replica by ~512 MB per request)."""
+    series = samples.make_ct_series(slices=8, rows=32, cols=32, nodules=())
+    junk = {f"junk/{i}.bin": bytes(7 << 20) for i in range(4)}  # 28 MiB, under the limit
+    archive = BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in junk.items():
+            z.writestr(name, data)
+    r = httpx.post(f"{server.url}/v1/imaging/lung-nodule-ct/predict",
+                   content=archive.getvalue(), headers={"Content-Type": "application/zip"},
+                   timeout=120)
+    assert r.status_code == 400 and "no DICOM" in r.text, r.text
+    with zipfile.ZipFile(archive, "a", zipfile.ZIP_DEFLATED) as z:
+        for i, part in enumerate(series):
+            z.writestr(f"ct/{i}.dcm", part)
+    r = httpx.post(f"{server.url}/v1/imaging/lung-nodule-ct/predict",
+                   content=archive.getvalue(), headers={"Content-Type": "application/zip"},
+                   timeout=120)
+    assert r.status_code == 200, r.text
+
+
+def test_headers_past_the_limit_are_431_before_any_work(server: Server, bounded: None) -> None:
+    """20,000 headers and a 16 MiB header were answered 200 on the probe's main."""
+    url = f"{server.url}/v2/health/live"
+    many = [(f"x-h{i}", "1") for i in range(20_000)]
+    assert httpx.get(url, headers=many, timeout=60).status_code == 431
+    assert httpx.get(url, headers={"x-big": "1" * (16 << 20)}, timeout=60).status_code == 431
+    assert httpx.get(url, headers={"x-small": "1" * 1000}, timeout=60).status_code == 200

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fastapi import Depends, FastAPI, Request
 from fastapi.testclient import TestClient
+from pydantic import BaseModel, ConfigDict
 
 from serving.errors import ModelNotFound
 from serving.gateway.audit import AuditLog
@@ -36,6 +37,11 @@ class Recorder:
 
     def record(self, **kwargs: Any) -> None:
         self.calls.append(kwargs)
+
+
+class Analyze(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    models: list[str]
 
 
 def make_app(auth: Auth | None, audit: AuditLog | None = None) -> FastAPI:
@@ -66,6 +72,10 @@ def make_app(auth: Auth | None, audit: AuditLog | None = None) -> FastAPI:
         body = await request.json()
         authorize(request, body["model"])
         return {"model": body["model"]}
+
+    @app.post("/v1/studies/{study}/analyze")
+    async def analyze(study: str, body: Analyze) -> dict[str, Any]:
+        return {"study": study, "models": body.models}
 
     @app.get("/v1/models")
     async def models(request: Request) -> list[str]:
@@ -98,6 +108,20 @@ def test_missing_or_wrong_key_is_401_in_each_error_shape(client: TestClient) -> 
         assert isinstance(r.json()["error"], str)
     r = client.post("/v1/chat/completions", json={"model": "clinical-llm"})
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+
+
+def test_a_body_is_judged_only_after_the_key(client: TestClient) -> None:
+    """FastAPI validates a JSON body before the app's dependencies: a caller without a key
+    must still hear 401 first, not the body's rules."""
+    for content in (b"{not json", b'{"unknown": 1}'):
+        r = client.post("/v1/studies/1.2.3/analyze", content=content,
+                        headers={"Content-Type": "application/json"})
+        assert r.status_code == 401, r.text
+        r = client.post("/v1/studies/1.2.3/analyze", content=content,
+                        headers={"Content-Type": "application/json", **bearer(B_KEY)})
+        assert r.status_code == 400 and "unknown" not in r.text, r.text
+    ok = client.post("/v1/studies/1.2.3/analyze", json={"models": ["m"]}, headers=bearer(B_KEY))
+    assert ok.status_code == 200 and ok.json() == {"study": "1.2.3", "models": ["m"]}
 
 
 def test_open_routes_need_no_key(client: TestClient) -> None:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from serving.app import GATEWAY, deployment_name, deployment_options, serve_config
 from serving.cli.main import app
 from serving.repository.store import load_repository
+from serving.schema.cluster import ClusterConfig
 from tests.conftest import MODEL_REPO, ROOT
 
 runner = CliRunner()
@@ -32,6 +33,11 @@ def test_serve_config_is_valid_for_ray_and_follows_the_manifests() -> None:
                  if d["name"] == deployment_name("cxr-triage", cxr.served_version))
     assert entry["max_ongoing_requests"] == cxr.scaling.max_ongoing_requests
     assert entry["ray_actor_options"]["num_cpus"] == cxr.resources.cpus
+    # the proxy's timeout covers an upload and then the processing, each with its own
+    # deadline inside Medserve (408, 504), so the proxy's plain-text timeout never fires first
+    cluster = ClusterConfig()
+    assert schema.http_options.request_timeout_s == doc["http_options"]["request_timeout_s"] \
+        > cluster.limits.upload_timeout_s + cluster.http.request_timeout_s
 
 
 def test_gpu_fraction_comes_from_the_manifest_only_where_gpus_are_used() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import tracemalloc
 import warnings
 import zipfile
 import zlib
@@ -215,6 +216,40 @@ def test_transfer_syntax_without_decoder_is_415_naming_the_uid() -> None:
     with pytest.raises(UnsupportedMediaType) as info:
         decode_radiograph(to_bytes(ds), ["NM"])
     assert MPEG2MPML in info.value.message
+
+
+def _patched_frame(name: str, marker: bytes, at: int, fmt: str, size: int) -> bytes:
+    """A real compressed file whose codestream claims `size` x `size`, header unchanged."""
+    ds = dataset(pydicom_file(name))
+    pixels = bytearray(ds.PixelData)
+    start = pixels.find(marker)
+    assert start > 0, name
+    struct.pack_into(fmt, pixels, start + at, size, size)
+    ds.PixelData = bytes(pixels)
+    return to_bytes(ds)
+
+
+@pytest.mark.parametrize(("name", "marker", "at", "fmt"), [
+    ("JPEG2000.dcm", b"\xff\x4f\xff\x51", 8, ">II"),  # SIZ: Xsiz, Ysiz
+    ("JPGExtended.dcm", b"\xff\xc1", 5, ">HH"),  # SOF1: rows, columns
+    ("SC_rgb_jpeg_dcmtk.dcm", b"\xff\xc0", 5, ">HH"),  # SOF0
+    ("MR_small_jpeg_ls_lossless.dcm", b"\xff\xf7", 5, ">HH"),  # SOF55
+])
+def test_codestream_larger_than_its_header_is_refused_before_decoding(
+    name: str, marker: bytes, at: int, fmt: str
+) -> None:
+    original = pydicom_file(name)
+    modality = str(dataset(original).Modality)
+    decode_radiograph(original, [modality])  # the real file decodes
+    data = _patched_frame(name, marker, at, fmt, 16384 if fmt == ">II" else 65000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidInput, match="dimensions do not match"):
+            decode_radiograph(data, [modality])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, peak
 
 
 def test_missing_decoder_plugin_is_415(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -435,6 +470,20 @@ def test_unzip_round_trip_skips_junk_entries() -> None:
         archive.mkdir("empty/")
     assert unzip_series(data, max_members=3, max_total_bytes=10**7) == parts
     assert unzip_series(samples.zip_series(parts), 3, 10**7) == parts
+
+
+def test_unzip_skips_non_dicom_members_without_inflating_them() -> None:
+    parts = samples.make_ct_series(slices=2, rows=8, cols=8, shuffle=False)
+    data = zipped({"a.dcm": parts[0], "notes.bin": bytes(64 << 20), "b.dcm": parts[1]})
+    tracemalloc.start()
+    try:
+        assert unzip_series(data, max_members=3, max_total_bytes=1 << 30) == parts
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak  # the 64 MiB member was never held
+    with pytest.raises(InvalidInput, match="no DICOM"):
+        unzip_series(zipped({"notes.bin": bytes(1000)}), 3, 10**7)
 
 
 def test_unzip_limits_and_corruption() -> None:

@@ -142,7 +142,7 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     if raw_length is not None and not raw_length.isdigit():
         raise InvalidInput(f"{HEADER_LENGTH} is not a non-negative integer")
     limit = gw.config.limits.max_tensor_bytes
-    raw = await read_body(request, limit)
+    raw = await read_body(request, limit, gw.config.limits.upload_timeout_s)
     encoding = request.headers.get("content-encoding")
     length = int(raw_length) if raw_length is not None else None
     # Inflating and parsing up to `limit` bytes is CPU work: off the event loop, so health
