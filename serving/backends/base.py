@@ -9,39 +9,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import numpy as np
 from monai.inferers import SlidingWindowInferer
 
+from serving.cancellation import Stop, never
 from serving.errors import Unavailable
 from serving.schema.imaging import CTPreprocessing, ModelManifest
-
-T = TypeVar("T")
-U = TypeVar("U")
-
-
-Stop = Callable[[], bool]  # true once no caller waits for a batch's result any more
-
-
-def never() -> bool:
-    return False
-
-
-class Cancelled(Exception):
-    """Every request of a batch was given up (its client went away, or its gateway timed out):
-    the work stopped at the next chunk or sliding window instead of running to the end."""
-
-
-def checked(forward: Callable[[T], U], stop: Stop) -> Callable[[T], U]:
-    """`forward`, refusing to start another chunk or window once `stop()` says no one waits."""
-
-    def run(x: T) -> U:
-        if stop():
-            raise Cancelled
-        return forward(x)
-
-    return run
 
 
 class Backend(Protocol):

@@ -24,7 +24,8 @@ import time
 import numpy as np
 from ray import serve
 
-from serving.backends.base import Backend, Cancelled
+from serving.backends.base import Backend
+from serving.cancellation import Cancelled
 from serving.observability.metrics import ModelMetrics
 from serving.schema.imaging import Batching
 

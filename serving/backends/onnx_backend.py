@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serving.backends.base import InProcess, Stop, checked, never, run_in_chunks, sliding_window
+from serving.backends.base import InProcess, run_in_chunks, sliding_window
+from serving.cancellation import Stop, checked, never
 from serving.repository.onnx_graph import check_onnx, session
 from serving.schema.imaging import ModelManifest
 

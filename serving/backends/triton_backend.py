@@ -22,7 +22,8 @@ import tritonclient.grpc.aio as aioclient
 from tenacity import AsyncRetrying, Retrying, retry_if_exception, stop_after_delay, wait_fixed
 from tritonclient.utils import InferenceServerException
 
-from serving.backends.base import Stop, check_outputs, checked, never, sliding_window
+from serving.backends.base import check_outputs, sliding_window
+from serving.cancellation import Stop, checked, never
 from serving.errors import MedserveError, Unavailable
 from serving.schema.imaging import ModelManifest, ModelVersion
 from serving.triton.model_config import triton_io

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,12 @@ class ImagingModel:
         result encoded as the payload asks (DICOM SR, FHIR) under `encoded`."""
         self._check_loaded()
         t0 = time.perf_counter()
-        x, source = await asyncio.to_thread(self.pipeline.prepare, payload)
+        given_up = threading.Event()  # read by the preprocessing thread between instances
+        try:
+            x, source = await asyncio.to_thread(self.pipeline.prepare, payload, given_up.is_set)
+        except asyncio.CancelledError:
+            given_up.set()
+            raise
         t1 = time.perf_counter()
         self.metrics.preprocess.observe(t1 - t0)
         y, queue_s, infer_s = await self.batcher(x)

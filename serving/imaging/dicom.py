@@ -34,6 +34,7 @@ from pydicom.pixels import (
 )
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from serving.cancellation import Stop, check, never
 from serving.errors import InvalidInput, PayloadTooLarge, UnprocessableInput, UnsupportedMediaType
 from serving.imaging.codestream import declared_size
 
@@ -305,14 +306,17 @@ def _geometry(ds: Dataset, where: str) -> tuple[str, tuple[int, int], np.ndarray
 
 
 def decode_series(
-    parts: Sequence[bytes], accepted_modalities: Sequence[str], min_slices: int = 3
+    parts: Sequence[bytes], accepted_modalities: Sequence[str], min_slices: int = 3,
+    stop: Stop = never,
 ) -> Volume:
-    """Single-frame CT instances of one series -> HU volume on a regular grid plus its affine."""
+    """Single-frame CT instances of one series -> HU volume on a regular grid plus its affine.
+    `stop` is checked before each instance's header and pixels (`Cancelled` once it is true)."""
     if len(parts) < min_slices:
         raise InvalidInput(f"series has {len(parts)} instances; at least {min_slices} needed")
     datasets, positions = [], []
     first: tuple[str, tuple[int, int], np.ndarray] | None = None
     for index, data in enumerate(parts):
+        check(stop)
         where = f"part {index}: "
         ds = _read(data, where)
         _check_instance(ds, accepted_modalities, where)
@@ -356,6 +360,7 @@ def decode_series(
 
     slices, headers = [], []
     for index in order:
+        check(stop)
         ds, where = datasets[index], f"part {index}: "
         if str(ds.get("PhotometricInterpretation", "")).strip() not in _MONOCHROME:
             raise UnprocessableInput(f"{where}series images must be monochrome")

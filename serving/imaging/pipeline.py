@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from serving.cancellation import Stop, check, never
 from serving.errors import InvalidInput, UnsupportedMediaType
 from serving.imaging.detection import candidates_from_heatmap
 from serving.imaging.dicom import decode_png, decode_series, read_radiograph
@@ -49,7 +50,7 @@ class RadiographPipeline:
         self.modalities = manifest.modalities
         self.transform = RadiographPreprocessor(pre.spatial_size, mean=pre.mean, std=pre.std)
 
-    def prepare(self, payload: Payload) -> tuple[np.ndarray, Source]:
+    def prepare(self, payload: Payload, stop: Stop = never) -> tuple[np.ndarray, Source]:
         if len(payload.parts) != 1:
             raise InvalidInput("this model takes exactly one image per request")
         source = Source()
@@ -77,8 +78,10 @@ class CTPipeline:
             max_voxels=pre.max_resampled_voxels,
         )
 
-    def prepare(self, payload: Payload) -> tuple[np.ndarray, Source]:
-        volume = decode_series(payload.parts, self.modalities, min_slices=self.pre.min_slices)
+    def prepare(self, payload: Payload, stop: Stop = never) -> tuple[np.ndarray, Source]:
+        volume = decode_series(payload.parts, self.modalities, min_slices=self.pre.min_slices,
+                               stop=stop)
+        check(stop)  # before resampling, the one step that cannot stop part-way
         tensor, affine = self.transform(volume)
         return tensor[None], Source(affine, volume.headers, volume.affine,
                                     tuple(volume.hu.shape))  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
-"""A batch no caller waits for stops at its next sliding window or chunk (no Ray): the real
-torch backend of each demo model, its network counted."""
+"""Work no caller waits for stops at its next chunk (no Ray): a CT series at its next
+instance, a batch at its next sliding window or chunk (the real torch backend of each demo
+model, its network counted)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from pydicom.dataset import Dataset
 
-from serving.backends.base import Cancelled
 from serving.backends.torch_backend import TorchBackend
+from serving.cancellation import Cancelled
+from serving.imaging import dicom
 from serving.repository.store import load_repository
+from serving.testing import samples
 from tests.conftest import MODEL_REPO
 
 
@@ -56,3 +60,24 @@ def test_work_stops_at_the_next_pass_once_no_one_waits(
     b.net, calls = counted(b.net, give_up_after=passes + 1, given_up=given_up)  # type: ignore
     (y,) = asyncio.run(b.run([x], stop=given_up.is_set))
     assert calls[0] == passes and len(y) == shape[0]  # waited for: runs to the end
+
+
+def test_a_series_stops_decoding_at_the_next_instance(monkeypatch: pytest.MonkeyPatch) -> None:
+    parts = samples.make_ct_series(slices=20, rows=16, cols=16, nodules=())
+    read = dicom._read
+    reads = [0]
+    given_up = threading.Event()
+
+    def counted_read(data: bytes, where: str) -> Dataset:
+        reads[0] += 1
+        if reads[0] == 5:
+            given_up.set()
+        return read(data, where)
+
+    monkeypatch.setattr(dicom, "_read", counted_read)
+    with pytest.raises(Cancelled):
+        dicom.decode_series(parts, ["CT"], stop=given_up.is_set)
+    assert reads[0] == 5  # of 20
+    given_up.clear()
+    reads[0] = -100  # never reaches 5 again: runs to the end
+    assert dicom.decode_series(parts, ["CT"], stop=given_up.is_set).hu.shape[2] == 20
