@@ -18,6 +18,7 @@ import typer
 from serving.cli.support import ConfigOpt, RepoOpt, console, fail
 from serving.errors import ModelLoadError
 from serving.gateway.tenants import TENANTS_ENV, load_tenants
+from serving.http.header_limits import PROXY_CALLBACK, PROXY_CALLBACK_ENV
 from serving.repository.store import (
     DEFAULT_CLUSTER_CONFIG,
     DEFAULT_REPO,
@@ -81,6 +82,8 @@ def serve_cmd(
     # Ray lowers worker priority (nice 15) by default; here the workers are the model replicas
     # and the gateway, the very processes whose latency we serve.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    # Serve's proxy bounds request headers before anything else (431); it inherits this.
+    os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
     import ray
     from ray import serve
 

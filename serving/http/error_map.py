@@ -19,17 +19,17 @@ from starlette.requests import ClientDisconnect
 from serving.errors import MedserveError, PayloadTooLarge, UnsupportedMediaType
 from serving.http.auth import auth_error
 from serving.http.request_metrics import CLIENT_CLOSED, note_error
+from serving.protocol.openai import ROUTE_PREFIXES as OPENAI_ROUTES
 
 log = logging.getLogger("ray.serve")
 
-OPENAI_PREFIXES = ("/v1/chat/", "/v1/completions", "/v1/models")
 # Starlette's and FastAPI's own HTTPExceptions (e.g. the body limit's 413) get the type the
 # matching domain error has, so clients and the errors metric see one vocabulary.
 HTTP_ERROR_TYPES = {413: PayloadTooLarge.error_type, 415: UnsupportedMediaType.error_type}
 
 
 def _is_openai(request: Request) -> bool:
-    return request.url.path.startswith(OPENAI_PREFIXES)
+    return request.url.path.startswith(OPENAI_ROUTES)
 
 
 def error_response(

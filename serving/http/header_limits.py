@@ -3,20 +3,29 @@
 Serve's proxy (uvicorn with httptools) reads headers of any size and count: a 16 MiB header or
 20,000 headers were answered 200, each copied through the proxy into the gateway's scope and
 every handler that looks at them. No client of Medserve needs more than a few dozen small
-headers. This runs first in the gateway app (Serve 2.60 takes no proxy middleware); in front
-of a cluster, the Ingress controller's own header buffers bound what reaches the proxy.
+headers. It runs in Serve's proxy, through the proxy's one extension point
+($RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH, set by `medserve serve` and in the KubeRay pods),
+and again first in the gateway app, for a proxy started without it.
 """
 
 from __future__ import annotations
 
 import json
 
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving.http.error_map import OPENAI_PREFIXES
+from serving.protocol.openai import ROUTE_PREFIXES as OPENAI_ROUTES
 
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 32 << 10
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "serving.http.header_limits.proxy_middlewares"
+
+
+def proxy_middlewares() -> list[Middleware]:
+    """What Serve's proxy calls at start (PROXY_CALLBACK_ENV): its ASGI middlewares."""
+    return [Middleware(HeaderLimits)]
 
 
 class HeaderLimits:
@@ -40,7 +49,7 @@ class HeaderLimits:
 
 async def _refuse(send: Send, path: str, message: str) -> None:
     error: object = message
-    if path.startswith(OPENAI_PREFIXES):  # the one error shape of each API
+    if path.startswith(OPENAI_ROUTES):  # the one error shape of each API
         error = {"message": message, "type": "invalid_request_error", "param": None, "code": 431}
     body = json.dumps({"error": error}).encode()
     await send({"type": "http.response.start", "status": 431, "headers": [

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from serving.errors import InvalidInput
 
+# Paths of the OpenAI-compatible API: their errors take OpenAI's body shape.
+ROUTE_PREFIXES = ("/v1/chat/", "/v1/completions", "/v1/models")
 CHARS_PER_TOKEN = 16  # generous: BPE vocabularies average ~4 characters per token on text
 
 DECISION_SUPPORT = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from serving.http.header_limits import PROXY_CALLBACK, PROXY_CALLBACK_ENV
 from serving.schema.cluster import PacsConfig
 from serving.schema.kubernetes import KubernetesConfig, Overlay, PodSize, WorkerGroup
 
@@ -121,6 +122,8 @@ def _env(overlay: Overlay) -> list[dict[str, str]]:
         {"name": "MEDSERVE_MODEL_REPO", "value": MODELS_DIR},
         {"name": "MEDSERVE_CONFIG", "value": IMAGE_CONFIG},
         {"name": "MEDSERVE_TENANTS_FILE", "value": f"{TENANTS_DIR}/tenants.yaml"},
+        # Serve's proxy (on every node) bounds request headers before anything else
+        {"name": PROXY_CALLBACK_ENV, "value": PROXY_CALLBACK},
     ]
 
 
