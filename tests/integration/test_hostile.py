@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import struct
+import time
 import zipfile
 from collections.abc import Iterator
 from io import BytesIO
@@ -42,9 +43,11 @@ def _peaks(server: Server) -> dict[str, float]:
 @pytest.fixture
 def bounded(server: Server, request: pytest.FixtureRequest) -> Iterator[None]:
     before = _peaks(server)
+    start = time.perf_counter()
     yield
+    elapsed = time.perf_counter() - start
     after = _peaks(server)
-    print(f"\n{request.node.name}: peak RSS (MiB) before -> after")
+    print(f"\n{request.node.name}: {elapsed:.2f} s; peak RSS (MiB) before -> after")
     for name, peak in sorted(after.items()):
         print(f"  {name}: {before.get(name, 0):.0f} -> {peak:.0f}")
     grown = {name: peak - before[name] for name, peak in after.items() if name in before}
