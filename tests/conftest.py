@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +25,21 @@ TEST_LIMITS = {
 }
 
 Server = ServerProcess
+
+
+def linked_repo(dest: Path) -> Path:
+    """The model repository at `dest` for a test that changes it: weights hard-linked (no
+    copy of hundreds of MB), manifests and every small file copied, so nothing the test
+    writes reaches the real one."""
+
+    def link_or_copy(src: str, dst: str) -> None:
+        if Path(src).stat().st_size > 1 << 20:
+            os.link(src, dst)
+        else:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(MODEL_REPO, dest, copy_function=link_or_copy)
+    return dest
 
 
 TIERS = ("unit", "integration", "k8s")  # one folder each under tests/

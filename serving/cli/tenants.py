@@ -53,6 +53,9 @@ def add(
     max_priority: Annotated[
         str, typer.Option(help="Highest X-Priority honoured: stat, urgent or routine.")
     ] = "stat",
+    admin: Annotated[
+        bool, typer.Option(help="May load and unload LLM adapters at run time.")
+    ] = False,
     repo: RepoOpt = DEFAULT_REPO,
 ) -> None:
     """Add a tenant and print its new API key, once, alone on the last line."""
@@ -72,7 +75,7 @@ def add(
     key = new_key()
     try:
         tenant = Tenant(name=name, key_sha256=key_sha256(key), models=allow, rate_per_s=rate,
-                        burst=burst, max_priority=priority)
+                        burst=burst, max_priority=priority, admin=admin)
     except ValidationError as exc:
         raise fail("; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
@@ -91,12 +94,13 @@ def list_tenants(file: FileOpt) -> None:
     except ModelLoadError as exc:
         raise fail(exc.message) from None
     table = Table(title=f"Tenants in {file}")
-    for col in ("tenant", "models", "rate/s", "burst", "max priority"):
+    for col in ("tenant", "models", "rate/s", "burst", "max priority", "admin"):
         table.add_column(col)
     for t in tenants:
         table.add_row(
             t.name, ",".join(t.models),
             "unlimited" if t.rate_per_s is None else f"{t.rate_per_s:g}",
             "-" if t.rate_per_s is None else f"{t.bucket_size:g}", t.max_priority,
+            "yes" if t.admin else "",
         )
     console.print(table)

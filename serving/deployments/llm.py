@@ -25,6 +25,7 @@ from serving.errors import ModelNotFound
 from serving.llm.chat import ChatRequest, ChatService
 from serving.llm.engine import Engine, select_engine
 from serving.protocol.headers import accepted_request_id
+from serving.repository.runtime_adapters import ManifestWatch
 from serving.repository.store import load_repository
 
 log = logging.getLogger("ray.serve")
@@ -68,6 +69,7 @@ class LLMModel:
 
         self.repo = repo = load_repository(Path(repo_root))
         self.manifest = manifest = repo.llms[model]
+        self.watch = ManifestWatch(repo.root, model)  # adapters loaded at run time
         self.version = manifest.served_version
         for f in repo.llm_files(model):  # refuse to start on a bad checkpoint, not per request
             repo.verify_file(f)
@@ -111,7 +113,23 @@ class LLMModel:
         )(load_adapter)
         log.info("loaded %s version %s with the %s engine", model, self.version, kind)
 
+    def _reread_manifest(self) -> None:
+        """An adapter loaded at run time (`POST /v1/load_lora_adapter`) is in the manifest on
+        disk: take it up without a restart. A new base version needs a new deployment."""
+        if not self.watch.changed():
+            return
+        repo = load_repository(self.repo.root)
+        manifest = repo.llms[self.manifest.name]
+        if manifest.served_version != self.version:
+            return
+        version_dir = repo.version_dir(manifest.name, self.version)
+        for a in manifest.adapters:
+            self.engine.adapter_dirs.setdefault(a.name, (version_dir / a.weights.file).parent)
+        self.repo, self.manifest = repo, manifest
+        self.chat_service.manifest = manifest
+
     async def _load_adapter(self, name: str) -> AdapterSlot:
+        self._reread_manifest()
         try:
             self.manifest.adapter(name)
         except KeyError:

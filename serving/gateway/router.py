@@ -29,6 +29,7 @@ from serving.imaging.pipeline import Payload
 from serving.jobs.service import StudyJobs
 from serving.observability.metrics import AdmissionMetrics, JobMetrics, latency_buckets
 from serving.protocol.priority import Priority
+from serving.repository.runtime_adapters import ManifestWatch, add_adapter, remove_adapter
 from serving.repository.store import load_repository
 from serving.schema.cluster import ClusterConfig
 from serving.schema.imaging import ModelManifest
@@ -59,6 +60,9 @@ class Router:
         self._job_metrics: JobMetrics | None = None
         # Study jobs (serving/jobs/): studies in the PACS, or sent here over STOW-RS.
         self.jobs = StudyJobs(self.config, self.repo.models, self._predict_for_job)
+        # LLM manifests change at run time (adapters loaded and unloaded, by any replica)
+        self._watches = [ManifestWatch(self.repo.root, m) for m in self.repo.llms]
+        self._adapter_lock = asyncio.Lock()
 
     async def _predict_for_job(
         self, model: str, payload: Payload, priority: Priority
@@ -104,7 +108,24 @@ class Router:
     def llm_manifests(self) -> dict[str, LLMManifest]:
         return self.repo.llms
 
+    def _reread_changed_llms(self) -> None:
+        if any([w.changed() for w in self._watches]):  # a list: every stamp is updated
+            self.repo = load_repository(self.repo.root)
+
+    async def load_adapter(self, model: str, adapter: str, path: str) -> None:
+        """vLLM's runtime adapter load: imported into the repository (checked, sha256, fit to
+        the base), then served on its first request; no replica restarts."""
+        async with self._adapter_lock:
+            await asyncio.to_thread(add_adapter, self.repo.root, model, adapter, Path(path))
+            self._reread_changed_llms()
+
+    async def unload_adapter(self, model: str, adapter: str) -> None:
+        async with self._adapter_lock:
+            await asyncio.to_thread(remove_adapter, self.repo.root, model, adapter)
+            self._reread_changed_llms()
+
     def resolve_llm(self, model: str) -> LLMTarget:
+        self._reread_changed_llms()
         name, _, adapter = model.partition(":")
         manifest = self.repo.llms.get(name)
         if manifest is None or (adapter and adapter not in {a.name for a in manifest.adapters}):

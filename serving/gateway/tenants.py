@@ -75,6 +75,10 @@ class Tenant(BaseModel):
     max_priority: Literal["stat", "urgent", "routine"] = Field(
         "stat", description="Highest X-Priority honoured; higher requests are capped to it."
     )
+    admin: bool = Field(
+        False, description="May load and unload LLM adapters at run time "
+        "(`POST /v1/load_lora_adapter`, `/v1/unload_lora_adapter`).",
+    )
 
     @field_validator("name")
     @classmethod

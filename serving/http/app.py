@@ -12,7 +12,7 @@ from serving.http.error_map import install_error_handlers
 from serving.http.gateway_api import GatewayAPI
 from serving.http.header_limits import HeaderLimits
 from serving.http.request_metrics import install_metrics
-from serving.http.routes import imaging, oip, openai, studies
+from serving.http.routes import adapters, imaging, oip, openai, studies
 from serving.protocol.headers import accepted_request_id
 
 
@@ -53,4 +53,5 @@ def create_app(gateway: GatewayAPI) -> FastAPI:
     app.include_router(imaging.router)
     app.include_router(openai.router)
     app.include_router(studies.router)
+    app.include_router(adapters.router)
     return app

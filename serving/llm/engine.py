@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 EngineKind = Literal["transformers", "vllm"]
@@ -44,6 +45,7 @@ class EngineStats:
 
 class Engine(Protocol):
     kind: EngineKind
+    adapter_dirs: dict[str, Path]  # adapter name -> PEFT folder; grows at run time
 
     def generate(
         self, request_id: str, prompt_ids: list[int], params: SamplingParams, adapter: object

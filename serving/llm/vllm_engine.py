@@ -99,7 +99,9 @@ class VLLMEngine:
     async def load_adapter(self, name: str) -> LoRAHandle:
         from vllm.lora.request import LoRARequest
 
-        request = LoRARequest(name, self.lora_ids[name], str(self.adapter_dirs[name]))
+        # an adapter loaded at run time gets the next id (vLLM keys its LoRA cache by id)
+        lora_id = self.lora_ids.setdefault(name, max(self.lora_ids.values(), default=0) + 1)
+        request = LoRARequest(name, lora_id, str(self.adapter_dirs[name]))
         await self.engine.add_lora(request)
         self.loaded.add(name)
         return LoRAHandle(name, request)

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from serving.errors import InvalidInput
 
 # Paths of the OpenAI-compatible API: their errors take OpenAI's body shape.
-ROUTE_PREFIXES = ("/v1/chat/", "/v1/completions", "/v1/models")
+ROUTE_PREFIXES = ("/v1/chat/", "/v1/completions", "/v1/models", "/v1/load_lora_adapter",
+                  "/v1/unload_lora_adapter")
 CHARS_PER_TOKEN = 16  # generous: BPE vocabularies average ~4 characters per token on text
 
 DECISION_SUPPORT = (

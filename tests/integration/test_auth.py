@@ -2,15 +2,19 @@
 
 One extra server (module scope) runs with `--tenants`, bound to 0.0.0.0 (allowed only with
 auth), its tenants made by the CLI: `clinic-a` may call cxr-triage only, at 1 request/s
-(burst 5); `research` may call every model, unlimited.
+(burst 5); `research` may call every model, unlimited; `platform` is an admin (it may load and
+unload LLM adapters at run time). Its model repository is a linked copy, as the adapter test
+changes it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +27,7 @@ import yaml
 from serving.net import free_port
 from serving.testing.process import ServerProcess, running_server
 from serving.testing.samples import make_radiograph
-from tests.conftest import MODEL_REPO, ROOT, TEST_LIMITS
+from tests.conftest import MODEL_REPO, ROOT, TEST_LIMITS, linked_repo
 from tests.integration.harness import write_config
 
 MARKER = "PHIMARKER-Q7Z"  # stands for patient data: must reach no audit line
@@ -64,6 +68,7 @@ def auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
         "clinic-a": _add_tenant(tenants, "clinic-a", "--models", "cxr-triage",
                                 "--rate", str(A_RATE), "--burst", str(A_BURST)),
         "research": _add_tenant(tenants, "research", "--models", "*"),
+        "platform": _add_tenant(tenants, "platform", "--models", "*", "--admin"),
     }
     assert not any(k in tenants.read_text() for k in keys.values())
     audit = tmp / "audit" / "audit.jsonl"
@@ -71,7 +76,8 @@ def auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
                           http={"request_timeout_s": 60, "docs": False},
                           audit={"path": str(audit)})
     with running_server(
-        "--repo", str(MODEL_REPO), "--config", str(config), "--tenants", str(tenants),
+        "--repo", str(linked_repo(tmp / "repo")), "--config", str(config), "--tenants",
+        str(tenants),
         "--host", "0.0.0.0", log=tmp / "server.log", cwd=ROOT,
     ) as srv:
         yield AuthServer(srv, keys, audit)
@@ -156,6 +162,49 @@ def test_rate_limit_429_with_retry_after_then_serves_again(auth: AuthServer) -> 
         time.sleep(0.2)  # polling interval
 
 
+def test_an_admin_loads_and_unloads_an_adapter_under_traffic(
+    auth: AuthServer, tmp_path: Path
+) -> None:
+    """vLLM's runtime adapter API: no replica restarts and no request of the traffic around
+    it fails; only an admin key may use it."""
+    source = shutil.copytree(MODEL_REPO / "clinical-llm" / "1" / "adapters" / "gi-oncology",
+                             tmp_path / "incoming")
+    load = {"lora_name": "gi-runtime", "lora_path": str(source)}
+    assert auth.call("POST", "/v1/load_lora_adapter", json=load).status_code == 401
+    assert auth.call("POST", "/v1/load_lora_adapter", "research", json=load).status_code == 403
+
+    def chat(model: str) -> httpx.Response:
+        return auth.call("POST", "/v1/chat/completions", "research", json={
+            "model": model, "max_tokens": 4,
+            "messages": [{"role": "user", "content": "Staging of colon cancer?"}]})
+
+    stop, codes = threading.Event(), []
+
+    def traffic() -> None:
+        while not stop.is_set():
+            codes.extend(chat(m).status_code for m in ("clinical-llm",
+                                                          "clinical-llm:lung-oncology"))
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        r = auth.call("POST", "/v1/load_lora_adapter", "platform", json=load)
+        assert r.status_code == 200 and r.json()["model"] == "clinical-llm:gi-runtime", r.text
+        assert chat("clinical-llm:gi-runtime").status_code == 200
+        listed = {m["id"] for m in auth.call("GET", "/v1/models", "research").json()["data"]}
+        assert "clinical-llm:gi-runtime" in listed
+        again = auth.call("POST", "/v1/load_lora_adapter", "platform", json=load)
+        assert again.status_code == 400 and "already" in again.text
+        r = auth.call("POST", "/v1/unload_lora_adapter", "platform",
+                      json={"lora_name": "gi-runtime"})
+        assert r.status_code == 200, r.text
+        assert chat("clinical-llm:gi-runtime").status_code == 404
+    finally:
+        stop.set()
+        thread.join()
+    assert codes and set(codes) == {200}, codes
+
+
 def test_audit_log_lines(auth: AuthServer) -> None:
     expected = set(auth.request_ids)
     assert expected
@@ -172,7 +221,7 @@ def test_audit_log_lines(auth: AuthServer) -> None:
     for x in lines:
         assert set(x) == {"ts", "tenant", "model", "version", "route", "method", "status",
                           "latency_ms", "request_id"}
-        assert x["tenant"] in (None, "clinic-a", "research")
+        assert x["tenant"] in (None, "clinic-a", "research", "platform")
         # route templates only ("unmatched" for the docs, which are not API routes)
         assert x["route"].startswith(("/v1/", "/v2")) or x["route"] == "unmatched", x
         assert MARKER not in x["route"] and "?" not in x["route"]
