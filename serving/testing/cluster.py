@@ -224,8 +224,9 @@ def check_placement(dashboard: str, app: str, expected: dict[str, str],
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m serving.testing.cluster DASHBOARD_URL SERVE_CONFIG.yaml [APP]`: deploy a
-    generated config through the REST API (skip with --check-only) and check placement."""
+    """`python -m serving.testing.cluster DASHBOARD_URL CONFIG.yaml`: CONFIG is a generated
+    RayService (its serveConfigV2 is used) or a Serve config; deploy it through the REST API
+    (skip with --check-only), wait for RUNNING and check each replica's worker group."""
     import argparse
 
     import yaml
@@ -236,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app", default="medserve")
     parser.add_argument("--check-only", action="store_true")
     args = parser.parse_args(argv)
-    doc = yaml.safe_load(args.config.read_text())
+    docs = list(yaml.safe_load_all(args.config.read_text()))
+    service = next((d for d in docs if d and d.get("kind") == "RayService"), None)
+    doc = yaml.safe_load(service["spec"]["serveConfigV2"]) if service else docs[0]
     if not args.check_only:
         deploy(args.dashboard, doc)
     wait_running(args.dashboard, args.app)

@@ -38,6 +38,9 @@ from serving.testing.cluster import (
     placement,
     wait_running,
 )
+from serving.testing.cluster import (
+    main as cluster_check,
+)
 from serving.testing.samples import make_radiograph
 from serving.triton.build import copy_with_backend
 from tests.conftest import MODEL_REPO, ROOT
@@ -57,6 +60,7 @@ class Deployed:
     url: str
     cxr: str  # the cxr-triage deployment's name
     workdir: Path
+    doc: dict[str, Any]  # the Serve config deployed
     nodes_by_id: dict[str, str] = field(default_factory=dict)  # Ray node id -> our name
 
     def running_replicas(self) -> list[dict[str, Any]]:
@@ -103,7 +107,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         wait_running(cluster.dashboard, APP)
         print(f"\nREST deploy to RUNNING: {time.perf_counter() - started:.1f} s")
         by_id = {n["node_id"]: n["node_name"] for n in cluster.alive_nodes()}
-        yield Deployed(cluster, f"http://127.0.0.1:{port}", cxr, tmp, by_id)
+        yield Deployed(cluster, f"http://127.0.0.1:{port}", cxr, tmp, doc, by_id)
 
 
 def test_each_replica_runs_in_the_worker_group_its_manifest_asks_for(deployed: Deployed) -> None:
@@ -115,6 +119,11 @@ def test_each_replica_runs_in_the_worker_group_its_manifest_asks_for(deployed: D
     print(f"placement: {found}")
     replicas = deployed.running_replicas()
     assert len(replicas) == 2 and len({r["node_id"] for r in replicas}) == 2  # spread
+    # the SRE's command (README "Operations") finds the same, from a RayService file
+    service = deployed.workdir / "rayservice.yaml"
+    service.write_text(yaml.safe_dump({"kind": "RayService", "spec": {
+        "serveConfigV2": yaml.safe_dump(deployed.doc)}}))
+    assert cluster_check([c.dashboard, str(service), "--check-only"]) == 0
     ok = httpx.post(f"{deployed.url}/v1/imaging/{CXR}/predict", content=make_radiograph(),
                     headers={"Content-Type": "application/dicom"}, timeout=120)
     assert ok.status_code == 200, ok.text
