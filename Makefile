@@ -11,7 +11,7 @@ TOOLS_STAMP := $(TOOLS)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup tools prometheus orthanc weights serve test lint bench clean
+.PHONY: setup tools prometheus orthanc weights serve test lint bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,13 @@ lint: $(STAMP)
 bench: weights
 	$(BIN)/python benchmarks/imaging.py
 	$(BIN)/python benchmarks/llm.py
+
+# 30 minutes of mixed traffic at ~50% of capacity against a local Medserve: RSS of every
+# Medserve process each minute, errors and p99 per 5 minutes, drift checks after warm-up
+# (loadtests/run/soak.py). Reports in soak-results/. SOAK_DURATION=2m for a quick look.
+SOAK_DURATION ?= 30m
+soak: weights
+	$(BIN)/python -m loadtests.run.soak --duration $(SOAK_DURATION) --out soak-results
 
 clean:
 	rm -rf $(VENV) $(TOOLS) model_repo/*/*/*.safetensors model_repo/clinical-llm/*/

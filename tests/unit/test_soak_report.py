@@ -1,0 +1,72 @@
+"""The soak's checks on synthetic runs: a leak, a failure and a drifting tail each fail it;
+warm-up growth, small helpers and sparse windows do not."""
+
+from __future__ import annotations
+
+from loadtests.generator.openloop import Record
+from loadtests.report.soak import RssSample, SoakLimits, SoakPlan, cpu_percent, judge, table
+
+PLAN = SoakPlan()  # the 30-minute plan
+LIMITS = SoakLimits()
+
+
+def rss(replica_growth: float = 0.0, helper_growth: float = 0.0) -> list[RssSample]:
+    """A replica of 1000 MiB that doubles during warm-up, then grows by `replica_growth`,
+    and a 30 MiB helper that grows by `helper_growth` after warm-up."""
+    out = []
+    for minute in range(31):
+        t = 60.0 * minute
+        after = max(0.0, (t - PLAN.warmup_s) / (PLAN.duration_s - PLAN.warmup_s))
+        replica = 1000.0 * min(2.0, 1 + t / PLAN.warmup_s) * (1 + replica_growth * after)
+        out.append(RssSample(t, 10, "ray::ServeReplica:medserve:cxr-triage-v1", replica, t / 2))
+        out.append(RssSample(t, 11, "raylet", 30.0 * (1 + helper_growth * after), t / 100))
+    return out
+
+
+def records(last_p99_s: float = 0.2, failed_at: float | None = None) -> list[Record]:
+    """10 req/s of cxr-triage at 0.1 s, one in fifty at 0.2 s (the p99), and that tail at
+    `last_p99_s` in the last window; one failure at `failed_at`."""
+    out = []
+    for i in range(int(PLAN.duration_s * 10)):
+        t = i / 10
+        slow = last_p99_s if t >= PLAN.last[0] else 0.2
+        latency = slow if i % 50 == 0 else 0.1
+        out.append(Record("cxr-triage", t, latency, ok=True, status=200))
+    out += [Record("lung-nodule-ct", t, 1.0, ok=True, status=200) for t in (400.0, 1600.0)]
+    if failed_at is not None:
+        out.append(Record("cxr-triage", failed_at, None, ok=False, status=503))
+    return out
+
+
+def test_a_steady_run_passes_despite_warm_up_growth_and_sparse_windows() -> None:
+    verdict = judge(PLAN, LIMITS, records(), rss())
+    assert verdict.passed, verdict.lines
+    assert any("lung-nodule-ct" in line and "not judged" in line for line in verdict.lines)
+
+
+def test_a_leaking_replica_fails() -> None:
+    verdict = judge(PLAN, LIMITS, records(), rss(replica_growth=0.15))
+    assert not verdict.passed
+    assert any(line.startswith("FAIL  RSS ray::ServeReplica") for line in verdict.lines)
+
+
+def test_a_small_helper_is_judged_only_through_the_total() -> None:
+    assert judge(PLAN, LIMITS, records(), rss(helper_growth=0.5)).passed
+
+
+def test_one_failed_request_fails() -> None:
+    verdict = judge(PLAN, LIMITS, records(failed_at=900.0), rss())
+    assert not verdict.passed and verdict.lines[0].startswith("FAIL  errors: 1 of")
+
+
+def test_a_tail_drifting_past_the_limit_fails_and_one_within_it_passes() -> None:
+    assert not judge(PLAN, LIMITS, records(last_p99_s=0.25), rss()).passed  # +25%
+    assert judge(PLAN, LIMITS, records(last_p99_s=0.23), rss()).passed  # +15%
+
+
+def test_the_table_has_a_row_per_process_and_the_cpu_use() -> None:
+    text = table(PLAN, records(), rss(), cores=2)
+    assert "cxr-triage-v1 [10]" in text and "raylet [11]" in text
+    # 0.5 CPU-seconds per second of the replica and 0.01 of the raylet, on 2 cores: 25.5%.
+    assert {round(pct, 1) for _, pct in cpu_percent(rss(), cores=2)} == {25.5}
+    assert "CPU, % of 2 cores" in text
