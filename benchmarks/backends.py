@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 
 import yaml
@@ -31,30 +31,47 @@ from serving.triton.onnx_export import export_onnx
 from serving.triton.server import TritonServer
 
 Row = dict[str, float]
-Load = Callable[[str, int, float], Awaitable[Row]]
+Load = Callable[[str, int, float], Coroutine[object, object, Row]]
 PATHS = ("medserve-torch", "medserve-onnx", "medserve-triton", "triton-direct")
 console = Console()
+
+
+def pinned_scaling(source: Path, model: str) -> dict[str, int]:
+    """`model`'s scaling pinned at its manifest's maximum: an autoscaling step (a replica
+    loading its model) inside a short measurement would be measured instead of the path."""
+    replicas = load_repository(source).manifest(model).scaling.max_replicas
+    return {"min_replicas": replicas, "max_replicas": replicas}
+
+
+def triton_copy(source: Path, dest: Path, model: str, scaling: dict[str, int]) -> Path:
+    """The repository with `model` on the triton backend, one Triton instance per replica."""
+    return copy_with_backend(source, dest, [model], scaling=dict(scaling),
+                             triton={"instance_count": scaling["max_replicas"]})
+
+
+def start_triton(stack: contextlib.ExitStack, triton_repo: Path, tmp: Path) -> TritonServer:
+    """Triton (the Python-backend build of `medserve build-triton`) over `triton_repo`,
+    ready, stopped when `stack` closes."""
+    build_repository(load_repository(triton_repo), tmp / "triton-models")
+    log = stack.enter_context((tmp / "tritonserver.log").open("wb"))
+    triton = stack.enter_context(TritonServer(tmp / "triton-models", log=log))
+    triton.start()
+    triton.wait_ready()
+    return triton
 
 
 def compare(root: Path, model: str, levels: list[int], seconds: float, load: Load) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-backends-"))
     source = root / "model_repo"
-    replicas = load_repository(source).manifest(model).scaling.max_replicas
-    # Replicas pinned at the manifest's maximum: an autoscaling step (a replica loading its
-    # model) inside a short measurement would be measured instead of the path.
-    pinned = {"min_replicas": replicas, "max_replicas": replicas}
+    pinned = pinned_scaling(source, model)
+    replicas = pinned["max_replicas"]
     torch_repo = copy_with_backend(source, tmp / "torch", [model], backend="torch",
-                                   scaling=pinned)
-    triton_repo = copy_with_backend(source, tmp / "triton", [model], scaling=pinned,
-                                    triton={"instance_count": replicas})
+                                   scaling=dict(pinned))
+    triton_repo = triton_copy(source, tmp / "triton", model, pinned)
     onnx_repo = onnx_copy(torch_repo, tmp / "onnx", model)
-    build_repository(load_repository(triton_repo), tmp / "triton-models")
     results: dict[str, list[Row]] = {p: [] for p in PATHS}
     with contextlib.ExitStack() as stack:
-        log = stack.enter_context((tmp / "tritonserver.log").open("wb"))
-        triton = stack.enter_context(TritonServer(tmp / "triton-models", log=log))
-        triton.start()
-        triton.wait_ready()
+        triton = start_triton(stack, triton_repo, tmp)
         urls = {"triton-direct": triton.http_url}
         for path, repo, extra in (("medserve-torch", torch_repo, []),
                                   ("medserve-onnx", onnx_repo, []),

@@ -40,11 +40,12 @@ MODEL = "cxr-triage"
 console = Console()
 
 
-def raw(seconds: float) -> dict[str, float]:
+def raw(seconds: float, threads: int | None = None) -> dict[str, float]:
+    """`threads`: torch's thread count (default: the replica's, from the manifest)."""
     repo = load_repository(ROOT / "model_repo")
     m = repo.manifest(MODEL)
     v = m.version(m.served_version)
-    threads = m.resources.threads or max(1, math.ceil(m.resources.cpus))
+    threads = threads or m.resources.threads or max(1, math.ceil(m.resources.cpus))
     backend = TorchBackend(m, v, repo.verify(MODEL, v), "cpu", threads)
     batch = m.batching.max_batch_size
     x1 = np.random.default_rng(0).standard_normal((1, 1, 224, 224)).astype(np.float32)
@@ -64,7 +65,9 @@ def raw(seconds: float) -> dict[str, float]:
         t = time.perf_counter()
         run(x1)
         lat.append(time.perf_counter() - t)
-    return {"throughput": throughput, "p50_ms": statistics.median(lat) * 1e3, "batch": batch}
+    backend.executor.shutdown()
+    return {"throughput": throughput, "p50_ms": statistics.median(lat) * 1e3, "batch": batch,
+            "threads": threads}
 
 
 async def served(url: str, concurrency: int, seconds: float) -> dict[str, float]:
@@ -72,7 +75,7 @@ async def served(url: str, concurrency: int, seconds: float) -> dict[str, float]
     x = np.random.default_rng(1).standard_normal((1, 1, 224, 224)).astype(np.float32)
     latencies: list[float] = []
     errors = 0
-    stop_at = time.perf_counter() + seconds
+    stop_at = math.inf  # set after the warm-up
 
     async def worker() -> None:
         nonlocal errors
@@ -88,6 +91,7 @@ async def served(url: str, concurrency: int, seconds: float) -> dict[str, float]
     for _ in range(2):  # warm-up: routing tables, connections, first batches
         await client.infer(MODEL, [_input(x)])
     start = time.perf_counter()
+    stop_at = start + seconds
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
     await client.close()
