@@ -7,11 +7,12 @@
 # runs on the CPU.
 FROM nvidia/cuda:12.8.1-base-ubuntu22.04 AS python
 ARG DEBIAN_FRONTEND=noninteractive
-# Python 3.11, the project's version (Ubuntu 22.04 ships 3.10), from the deadsnakes PPA.
+# Python 3.11, the project's version (Ubuntu 22.04 ships 3.10), from the deadsnakes PPA;
+# libjemalloc2, the malloc of the Ray workers (`ray.allocator` in medserve.yaml).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates gpg-agent software-properties-common \
  && add-apt-repository -y ppa:deadsnakes/ppa \
- && apt-get install -y --no-install-recommends libgomp1 python3.11 python3.11-venv \
+ && apt-get install -y --no-install-recommends libgomp1 libjemalloc2 python3.11 python3.11-venv \
  && apt-get purge -y gpg-agent software-properties-common \
  && apt-get autoremove -y \
  && rm -rf /var/lib/apt/lists/*

@@ -11,7 +11,7 @@ TOOLS_STAMP := $(TOOLS)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup tools prometheus orthanc weights serve test lint bench soak clean
+.PHONY: setup tools prometheus orthanc jemalloc weights serve test lint bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,7 +56,19 @@ orthanc:
 	    rm -f $$log; \
 	  else echo "Orthanc not found: apt-get install orthanc orthanc-dicomweb (as root) for its tests"; fi; }
 
-weights: $(STAMP)
+# Debian's libjemalloc2: the malloc of Medserve's Ray workers (`ray.allocator` in medserve.yaml;
+# a replica's memory stays flat whatever batch sizes form). Installed once, as root; elsewhere
+# the workers keep glibc's malloc.
+jemalloc:
+	@[ -e /usr/lib/$$(uname -m)-linux-gnu/libjemalloc.so.2 ] || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    log=$$(mktemp); \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends libjemalloc2; } >$$log 2>&1 || { cat $$log; exit 1; }; \
+	    rm -f $$log; \
+	  else echo "jemalloc not found: apt-get install libjemalloc2 (as root); glibc's malloc meanwhile"; fi; }
+
+weights: $(STAMP) jemalloc
 	$(BIN)/medserve build-weights
 	$(BIN)/medserve models check
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +36,13 @@ GRACEFUL_SHUTDOWN_S = 20.0
 # so no model has zero replicas mid-rollout; if the surge finds no free CPU slot the old
 # replicas simply keep serving until it does. KubeRay overlays size pods for their own surge.
 MAX_SURGE_PERCENT = 100
+# jemalloc in every Medserve worker (`ray.allocator`). Measured here on cxr-triage's frozen
+# DenseNet, batches of 1 to 8 images in random order: glibc's malloc 560 -> 2140 MiB (each new
+# batch size fragments its heap further), jemalloc 560 -> 760 MiB, flat after, and 10% faster.
+# Purging is off: freed pages stay for the next batch (as glibc keeps them), so no page is
+# faulted in again per request.
+JEMALLOC = f"/usr/lib/{platform.machine()}-linux-gnu/libjemalloc.so.2"  # Debian's libjemalloc2
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
 
 
 class AppArgs(BaseModel):
@@ -117,6 +125,14 @@ def gateway_options(config: ClusterConfig, repo: Repository) -> dict[str, Any]:
     }
 
 
+def worker_env(config: ClusterConfig, target: Literal["local", "k8s"]) -> dict[str, str]:
+    """Environment of the application's Ray workers: the allocator. Locally only where the
+    library is installed (`make setup` installs it as root); the image always has it."""
+    if config.ray.allocator != "jemalloc" or (target == "local" and not Path(JEMALLOC).exists()):
+        return {}
+    return {"LD_PRELOAD": JEMALLOC, "MALLOC_CONF": JEMALLOC_CONF}
+
+
 def build_app(args: dict[str, Any]) -> Application:
     """Serve application builder: one imaging deployment per served version, one gateway."""
     a = AppArgs.model_validate(args)
@@ -164,6 +180,15 @@ def serve_config(
     if backends:
         args["backends"] = dict(backends)
     args["revision"] = revision(repo, config_path)
+    application: dict[str, Any] = {
+        "name": config.app_name,
+        "route_prefix": "/",
+        "import_path": IMPORT_PATH,
+        "args": args,
+        "deployments": deployments,
+    }
+    if env := worker_env(config, target):
+        application["runtime_env"] = {"env_vars": env}
     http = config.http
     return {
         "proxy_location": "EveryNode",
@@ -175,15 +200,7 @@ def serve_config(
             "keep_alive_timeout_s": http.keep_alive_timeout_s,
         },
         "logging_config": {"encoding": "JSON", "log_level": "INFO", "enable_access_log": True},
-        "applications": [
-            {
-                "name": config.app_name,
-                "route_prefix": "/",
-                "import_path": IMPORT_PATH,
-                "args": args,
-                "deployments": deployments,
-            }
-        ],
+        "applications": [application],
     }
 
 

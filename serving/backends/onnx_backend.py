@@ -18,7 +18,7 @@ import torch
 from serving.backends.base import InProcess, run_in_chunks, sliding_window
 from serving.cancellation import Stop, checked, never
 from serving.repository.onnx_graph import check_onnx, session
-from serving.schema.imaging import ModelManifest
+from serving.schema.imaging import CTPreprocessing, ModelManifest
 
 
 class OnnxBackend(InProcess):
@@ -31,6 +31,12 @@ class OnnxBackend(InProcess):
         fixed = graph_input.shape[0]
         self.fixed_batch = fixed if isinstance(fixed, int) and fixed > 0 else None
         self.chunk = self.fixed_batch or manifest.batching.max_batch_size
+        pre = manifest.preprocessing
+        if self.fixed_batch:  # every pass is padded to the graph's batch: one shape
+            self.largest_pass = 1
+        else:
+            self.largest_pass = (pre.sw_batch_size if isinstance(pre, CTPreprocessing)
+                                 else self.chunk)
         # One thread runs the session (it has its own intra-op pool of `threads`).
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self.inferer = sliding_window(manifest)
@@ -38,9 +44,9 @@ class OnnxBackend(InProcess):
     def run_sync(self, inputs: list[np.ndarray], stop: Stop = never) -> list[np.ndarray]:
         if self.inferer is not None:  # volumes differ in size: one sliding-window pass each
             return [self._volume(x, stop) for x in inputs]
-        return run_in_chunks(inputs, self.chunk, checked(self._forward, stop))
+        return run_in_chunks(inputs, self.chunk, checked(self.forward, stop))
 
-    def _forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray) -> np.ndarray:
         n = len(x)
         if self.fixed_batch is not None and n < self.fixed_batch:
             x = np.concatenate([x, np.zeros((self.fixed_batch - n, *x.shape[1:]), x.dtype)])
@@ -52,7 +58,7 @@ class OnnxBackend(InProcess):
         assert self.inferer is not None
 
         def window(w: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(self._forward(w.numpy()))
+            return torch.from_numpy(self.forward(w.numpy()))
 
         y = self.inferer(torch.from_numpy(x), checked(window, stop))
         assert isinstance(y, torch.Tensor)

@@ -33,6 +33,9 @@ class TorchBackend(InProcess):
         net = load_network(manifest.architecture, version.weights, path, device)
         self.net = freeze_for_inference(net, self._example(manifest).to(device))
         self.inferer = sliding_window(manifest)
+        pre = manifest.preprocessing
+        self.largest_pass = (pre.sw_batch_size if isinstance(pre, CTPreprocessing)
+                             else self.max_batch_size)
 
     @staticmethod
     def _example(manifest: ModelManifest) -> torch.Tensor:
@@ -47,10 +50,11 @@ class TorchBackend(InProcess):
         if self.inferer is not None:  # volumes differ in size: one sliding-window pass each
             return [self._forward(x, checked(self.net, stop), sliding=True) for x in inputs]
 
-        def chunk(x: np.ndarray) -> np.ndarray:
-            return self._forward(x, self.net, sliding=False)
+        return run_in_chunks(inputs, self.max_batch_size, checked(self.forward, stop))
 
-        return run_in_chunks(inputs, self.max_batch_size, checked(chunk, stop))
+    @torch.inference_mode()
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self._forward(x, self.net, sliding=False)
 
     def _forward(self, x: np.ndarray, net: Callable[[torch.Tensor], torch.Tensor], *,
                  sliding: bool) -> np.ndarray:

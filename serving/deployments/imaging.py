@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from ray import serve
 
-from serving.backends.base import Backend, NotLoaded
+from serving.backends.base import Backend, InProcess, NotLoaded
 from serving.backends.batching import Batcher
 from serving.backends.onnx_backend import OnnxBackend
 from serving.backends.torch_backend import TorchBackend
@@ -55,6 +55,11 @@ class ImagingModel:
         self.backend: Backend
         try:
             self.backend = self._load(repo, triton_url)
+            if isinstance(self.backend, InProcess):
+                started = time.perf_counter()
+                self.backend.warm_up(self.manifest)
+                log.info("%s version %s warmed up in %.1f s", model, version,
+                         time.perf_counter() - started)
         except ModelLoadError as exc:
             # This model only: the others keep serving, and its readiness says it is not.
             # The message names files and checksums, never request data.

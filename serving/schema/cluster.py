@@ -124,6 +124,12 @@ class RayConfig(Strict):
         None, ge=1, description="Logical CPU slots of the embedded Ray (default: machine cores)."
     )
     metrics_export_port: int | None = Field(None, description="Ray metrics export port.")
+    allocator: Literal["jemalloc", "system"] = Field(
+        "jemalloc",
+        description="malloc of Medserve's Ray workers: jemalloc (Debian's libjemalloc2, "
+        "preloaded; the system's where it is not installed) keeps a replica's memory flat "
+        "whatever batch sizes form, where glibc's grows with each new one; or the system's.",
+    )
 
 
 class ClusterConfig(Strict):

@@ -12,6 +12,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
+from serving.app import JEMALLOC
 from serving.backends.torch_backend import TorchBackend
 from serving.imaging.pipeline import Payload, make_pipeline
 from serving.repository.store import load_repository
@@ -193,3 +194,13 @@ def test_server_keeps_serving_after_bad_input_and_docs_are_served(server: Server
     spec = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
     assert "/v1/imaging/{model}/predict" in spec["paths"]
     assert "/v2/models/{model}/infer" in spec["paths"]
+
+
+def test_every_replica_allocates_with_jemalloc_where_it_is_installed(server: Server) -> None:
+    """`ray.allocator: jemalloc` (the default) reaches every worker of the application."""
+    pids = [pid for pid, title in server.session_processes()
+            if title.startswith("ray::ServeReplica:medserve:")]
+    assert len(pids) >= 4  # the gateway, two imaging models, the LLM
+    for pid in pids:
+        mapped = "libjemalloc" in Path(f"/proc/{pid}/maps").read_text()
+        assert mapped == Path(JEMALLOC).exists(), pid

@@ -9,7 +9,14 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 from typer.testing import CliRunner
 
-from serving.app import GATEWAY, deployment_name, deployment_options, serve_config
+from serving.app import (
+    GATEWAY,
+    JEMALLOC,
+    deployment_name,
+    deployment_options,
+    serve_config,
+    worker_env,
+)
 from serving.cli.main import app
 from serving.repository.store import load_repository
 from serving.schema.cluster import ClusterConfig
@@ -47,6 +54,20 @@ def test_gpu_fraction_comes_from_the_manifest_only_where_gpus_are_used() -> None
     k8s = serve_config(str(MODEL_REPO), None, "k8s")
     assert k8s["applications"][0]["args"]["device"] == "cuda"
     assert k8s["http_options"]["host"] == "0.0.0.0"
+
+
+def test_the_workers_allocator_is_jemalloc_where_installed_and_always_in_the_image(
+    tmp_path: Path,
+) -> None:
+    k8s = serve_config(str(MODEL_REPO), None, "k8s")["applications"][0]
+    assert k8s["runtime_env"]["env_vars"]["LD_PRELOAD"] == JEMALLOC
+    ServeDeploySchema.model_validate({"applications": [k8s]})
+    local = serve_config(str(MODEL_REPO), None, "local")["applications"][0]
+    assert ("runtime_env" in local) == Path(JEMALLOC).exists()
+    system = tmp_path / "medserve.yaml"
+    system.write_text(yaml.safe_dump({"ray": {"allocator": "system"}}))
+    assert "runtime_env" not in serve_config(str(MODEL_REPO), str(system), "k8s")["applications"][0]
+    assert worker_env(ClusterConfig.model_validate({"ray": {"allocator": "system"}}), "k8s") == {}
 
 
 def test_autoscaling_bounds_come_from_the_manifest() -> None:
