@@ -5,8 +5,9 @@
 (2) plain-serve: a plain Ray Serve app (benchmarks/plain_serve.py: FastAPI ingress -> a
     `@serve.batch` model deployment), its own Ray in its own child process;
 (3) medserve: `medserve serve` (serving.testing.process.running_server), optionally also with
-    Ray Serve's HAProxy ingress (`medserve-haproxy`) or throughput-optimized mode
-    (`medserve-tput`, clients sent to the gateway replica's direct-ingress port);
+    Ray Serve's HAProxy ingress (`medserve-haproxy`), throughput-optimized mode
+    (`medserve-tput`, clients sent to the gateway replica's direct-ingress port) or two of that
+    mode's flags alone, through the proxy (`medserve-loops`);
 (4) triton: Triton directly (benchmarks/backends.py's build, one instance per replica).
 
 Every HTTP system gets the same tritonclient binary OIP infer load (imaging.py's `served`),
@@ -22,7 +23,7 @@ successful requests per 5 s window, time until p95 is back inside the manifest's
 and failed requests.
 
     python benchmarks/anchors.py [--seconds 8] [--concurrency 1,8,16,32]
-        [--systems plain-serve,medserve,triton[,medserve-haproxy,medserve-tput]]
+        [--systems plain-serve,medserve,triton[,medserve-haproxy,medserve-tput,medserve-loops]]
     python benchmarks/anchors.py --burst [--burst-s 60] [--burst-factor 3]
 """
 
@@ -62,10 +63,11 @@ PLAIN, MEDSERVE, TRITON = "plain-serve", "medserve", "triton"
 VARIANTS = {
     MEDSERVE: {},
     "medserve-haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
-    # Throughput-optimized mode also runs each handle's router on the caller's loop, which
-    # `serving.app.run`'s readiness check (a handle called from sync driver code) cannot use.
-    "medserve-tput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-                      "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"},
+    "medserve-tput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    # Two of its flags alone, still through Serve's proxy: user code on the replica's own loop
+    # and each handle's router on its caller's loop (two thread hops less per call).
+    "medserve-loops": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+                       "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"},
 }
 # Serve's direct-ingress HTTP ports (ray.serve._private.constants defaults).
 DIRECT_INGRESS_PORTS = range(30000, 31001)

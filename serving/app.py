@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import platform
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
 
 from serving.deployments.gateway import Gateway
 from serving.deployments.imaging import ImagingModel
@@ -223,6 +225,15 @@ def run(args: AppArgs, config: ClusterConfig, timeout_s: float = 900.0) -> None:
     assert client is not None, "serve.start() first"
     client.deploy_apps(ServeDeploySchema.model_validate({"applications": [application]}))
     expected = next(d for d in application["deployments"] if d["name"] == GATEWAY)["user_config"]
+    # The gateway is asked through a handle awaited on a loop of our own: with Serve's router
+    # on its caller's loop (RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0, part of the throughput-
+    # optimized mode) a handle cannot be waited on from synchronous code.
+    handle: DeploymentHandle[Any] = DeploymentHandle(GATEWAY, config.app_name).options(
+        method_name="routing")
+    loop = asyncio.new_event_loop()
+
+    async def routing() -> Any:
+        return await asyncio.wait_for(handle.remote(), 30)
 
     def deployed() -> bool:
         app = serve.status().applications.get(config.app_name)
@@ -230,13 +241,14 @@ def run(args: AppArgs, config: ClusterConfig, timeout_s: float = 900.0) -> None:
             raise RuntimeError(f"deploying {config.app_name} failed: {app.message}")
         if app is None or app.status != ApplicationStatus.RUNNING:
             return False
-        handle = serve.get_app_handle(config.app_name).options(method_name="routing")
-        return bool(handle.remote().result(timeout_s=30) == expected)
+        return bool(loop.run_until_complete(routing()) == expected)
 
     try:
         poll_until(deployed, timeout_s, every_s=0.5)  # Serve's status has no push
     except TimeoutError:
         raise RuntimeError(f"{config.app_name} not running within {timeout_s:g} s") from None
+    finally:
+        loop.close()
 
 
 def redeploy(args: AppArgs) -> str:
