@@ -76,7 +76,7 @@ serve: weights
 	$(BIN)/medserve serve --host $(HOST) --port $(PORT)
 
 test: weights tools prometheus orthanc
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check serving tests benchmarks loadtests

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from ray.serve.context import _get_serve_request_context
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import serving
 from serving.http.auth import install_auth
@@ -14,6 +15,23 @@ from serving.http.header_limits import HeaderLimits
 from serving.http.request_metrics import install_metrics
 from serving.http.routes import adapters, imaging, oip, openai, studies
 from serving.protocol.headers import accepted_request_id
+
+
+class RequestId:
+    """Serve's proxy takes the client's X-Request-ID (or makes one) and returns it as the
+    response header; the body and the audit trail use the same one when it is a bounded token,
+    and a fresh one otherwise (the proxy still echoes the client's header). Plain ASGI: a
+    Starlette `@app.middleware("http")` costs a task group and two streams per request
+    (measured here: 0.2-0.35 ms more on a route without a model)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":  # what `request.state` reads
+            scope.setdefault("state", {})["request_id"] = accepted_request_id(
+                _get_serve_request_context().request_id)
+        await self.app(scope, receive, send)
 
 
 def create_app(gateway: GatewayAPI) -> FastAPI:
@@ -38,14 +56,7 @@ def create_app(gateway: GatewayAPI) -> FastAPI:
     )
     install_auth(app, gateway)  # an app-wide dependency: before the routers are included
 
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):
-        # Serve's proxy takes the client's X-Request-ID (or makes one) and returns it as the
-        # response header; the body and the audit trail use the same one when it is a bounded
-        # token, and a fresh one otherwise (the proxy still echoes the client's header).
-        request.state.request_id = accepted_request_id(_get_serve_request_context().request_id)
-        return await call_next(request)
-
+    app.add_middleware(RequestId)
     install_error_handlers(app)
     app.add_middleware(HeaderLimits)  # before any other work; still counted by the metrics
     install_metrics(app, gateway)  # added last: the outermost middleware times the rest
