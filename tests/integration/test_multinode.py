@@ -1,17 +1,22 @@
 """Medserve on a real multi-node Ray cluster on this machine, deployed as KubeRay deploys it.
 
-A head (no CPUs, as in the generated RayService) and four workers started with `ray start`,
-each its own process group: one in the gateway group and three in the imaging group, each
-advertising its group's pool resource and the CPUs of one cxr-triage replica. The Serve config
-is the one `medserve build-k8s` puts in serveConfigV2 (paths and the proxy's port made local),
-PUT through Serve's REST API on the head. Then: every replica is on its group's nodes; an
-imaging node SIGKILLed under steady open-loop load loses no request and the controller
-replaces its replica on the spare node; the Serve controller killed, the app keeps serving.
+A head (no CPUs, as in the generated RayService) and six workers started with `ray start`,
+each its own process group: one in the gateway group, three in the imaging group and two in
+the LLM group, each advertising its group's pool resource and the CPUs of one replica. The
+Serve config is the one `medserve build-k8s` puts in serveConfigV2 (paths and the proxy's port
+made local), PUT through Serve's REST API on the head. Then: every replica is on its group's
+nodes; an imaging node SIGKILLed under steady open-loop load loses no request and the
+controller replaces its replica on the spare node; the LLM's node SIGKILLed mid-stream, the
+stream ends with an in-band error and `[DONE]` and new streams are served by its replacement;
+the Serve controller killed, the app keeps serving.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -24,10 +29,12 @@ import psutil
 import pytest
 import yaml
 
+from serving.app import deployment_name
 from serving.deploy.k8s.groups import POOL_UNITS_PER_POD, pool_resource
 from serving.deploy.k8s.rayservice import serve_doc, triton_plan
 from serving.net import free_port
 from serving.polling import poll_until
+from serving.repository.store import load_repository
 from serving.schema.cluster import ClusterConfig
 from serving.testing.cluster import (
     Cluster,
@@ -47,8 +54,10 @@ from tests.conftest import MODEL_REPO, ROOT
 
 APP = "medserve"
 CXR = "cxr-triage"
+LLM = "clinical-llm"
 GROUPS = [
     {"name": "gateway", "deployments": ["Gateway"], "cpus": 1, "memory": "2Gi"},
+    {"name": "llm", "deployments": [f"{LLM}*"], "cpus": 1, "memory": "4Gi"},
     {"name": "imaging", "deployments": ["*"], "cpus": 1, "memory": "4Gi"},
 ]
 RATE_RPS = 3.0  # about half of what two 1-CPU cxr replicas take here
@@ -62,9 +71,11 @@ class Deployed:
     workdir: Path
     doc: dict[str, Any]  # the Serve config deployed
     nodes_by_id: dict[str, str] = field(default_factory=dict)  # Ray node id -> our name
+    llm: str = ""  # the clinical LLM's deployment's name
 
-    def running_replicas(self) -> list[dict[str, Any]]:
-        d = details(self.cluster.dashboard)["applications"][APP]["deployments"][self.cxr]
+    def running_replicas(self, deployment: str | None = None) -> list[dict[str, Any]]:
+        d = details(self.cluster.dashboard)["applications"][APP]["deployments"][
+            deployment or self.cxr]
         return [r for r in d["replicas"] if r["state"] == "RUNNING"]
 
 
@@ -84,6 +95,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     tmp = tmp_path_factory.mktemp("multinode")
     repo = copy_with_backend(MODEL_REPO, tmp / "repo", [CXR], backend="torch",
                              scaling={"min_replicas": 2, "max_replicas": 2})
+    shutil.copytree(MODEL_REPO / LLM, repo / LLM, copy_function=os.link)  # read only here
     config = _config(tmp)
     cluster_config = ClusterConfig.model_validate(yaml.safe_load(config.read_text()))
     overlay = cluster_config.kubernetes.overlays["multinode"]
@@ -100,6 +112,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     with local_cluster(tmp / "cluster") as cluster:
         cluster.start_head(cpus=0)
         cluster.start_worker("gateway-0", 1, {pool_resource("gateway"): POOL_UNITS_PER_POD})
+        for name in ("llm-0", "llm-1"):
+            cluster.start_worker(name, 1, {pool_resource("llm"): POOL_UNITS_PER_POD})
         for name in ("imaging-0", "imaging-1", "imaging-2"):
             cluster.start_worker(name, 1, {pool_resource("imaging"): POOL_UNITS_PER_POD})
         started = time.perf_counter()
@@ -107,13 +121,15 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         wait_running(cluster.dashboard, APP)
         print(f"\nREST deploy to RUNNING: {time.perf_counter() - started:.1f} s")
         by_id = {n["node_id"]: n["node_name"] for n in cluster.alive_nodes()}
-        yield Deployed(cluster, f"http://127.0.0.1:{port}", cxr, tmp, doc, by_id)
+        llm = deployment_name(LLM, load_repository(repo).llms[LLM].served_version)
+        yield Deployed(cluster, f"http://127.0.0.1:{port}", cxr, tmp, doc, by_id, llm)
 
 
 def test_each_replica_runs_in_the_worker_group_its_manifest_asks_for(deployed: Deployed) -> None:
     c = deployed.cluster
     nodes = c.alive_nodes()
-    expected = {"Gateway": pool_resource("gateway"), deployed.cxr: pool_resource("imaging")}
+    expected = {"Gateway": pool_resource("gateway"), deployed.cxr: pool_resource("imaging"),
+                deployed.llm: pool_resource("llm")}
     assert check_placement(c.dashboard, APP, expected, nodes) == []
     found = placement(c.dashboard, APP, nodes)
     print(f"placement: {found}")
@@ -202,6 +218,54 @@ def test_losing_an_imaging_node_under_load_loses_no_request(deployed: Deployed) 
           f"p50 after recovery {sorted(after)[len(after) // 2] * 1e3:.0f} ms")
     assert statuses and all(s == 200 for s in statuses), sorted(set(statuses))
     assert after and all(s == 200 for sent, s, _ in load.results if sent > killed)
+
+
+CHAT = {"model": LLM, "max_tokens": 400, "temperature": 0, "stream": True,
+        "messages": [{"role": "user", "content": "Summarise the work-up of a solitary "
+                                                 "pulmonary nodule."}]}
+
+
+def _events(lines: list[str]) -> list[dict[str, Any] | str]:
+    data = [line[len("data: "):] for line in lines if line.startswith("data: ")]
+    return [d if d == "[DONE]" else json.loads(d) for d in data]
+
+
+def test_losing_the_llm_node_mid_stream_ends_the_stream_in_band(deployed: Deployed) -> None:
+    """A stream cannot be retried once tokens went out: it ends with an error event and
+    `[DONE]`, no finish_reason, and a new stream is served by the replica that replaces the
+    lost one on the LLM group's spare node."""
+    (replica,) = deployed.running_replicas(deployed.llm)
+    victim = deployed.cluster.nodes[deployed.nodes_by_id[replica["node_id"]]]
+    lines: list[str] = []
+    with httpx.Client(base_url=deployed.url, timeout=180) as client:
+        with client.stream("POST", "/v1/chat/completions", json=CHAT) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                lines.append(line)
+                if len(lines) == 8:  # tokens are streaming: the node goes
+                    victim.kill()
+                    killed = time.perf_counter()
+        ended_s = time.perf_counter() - killed
+        events = _events(lines)
+        errors = [e for e in events if isinstance(e, dict) and "error" in e]
+        assert events[-1] == "[DONE]" and len(errors) == 1, events[-3:]
+        assert errors[0]["error"]["code"] == 503
+        assert not any(isinstance(e, dict) and e.get("choices")
+                       and e["choices"][0].get("finish_reason") for e in events)
+
+        def served_again() -> bool:
+            running = deployed.running_replicas(deployed.llm)
+            if not running or running[0]["node_id"] == replica["node_id"]:
+                return False
+            reply = client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 8})
+            new = _events(reply.text.splitlines()) if reply.status_code == 200 else []
+            return bool(new) and new[-1] == "[DONE]" and not any(
+                isinstance(e, dict) and "error" in e for e in new)
+
+        poll_until(served_again, 240, every_s=1.0)
+        back_s = time.perf_counter() - killed
+    print(f"\nLLM node {victim.name} killed mid-stream: the stream ended {ended_s:.1f} s later "
+          f"with {errors[0]['error']}; a new stream served on the spare node after {back_s:.1f} s")
 
 
 def test_the_app_keeps_serving_while_the_serve_controller_restarts(deployed: Deployed) -> None:
