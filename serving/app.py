@@ -228,12 +228,14 @@ def run(args: AppArgs, config: ClusterConfig, timeout_s: float = 900.0) -> None:
     # The gateway is asked through a handle awaited on a loop of our own: with Serve's router
     # on its caller's loop (RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0, part of the throughput-
     # optimized mode) a handle cannot be waited on from synchronous code.
-    handle: DeploymentHandle[Any] = DeploymentHandle(GATEWAY, config.app_name).options(
-        method_name="routing")
     loop = asyncio.new_event_loop()
+    handles: list[DeploymentHandle[Any]] = []  # made on that loop, its router bound to it
 
     async def routing() -> Any:
-        return await asyncio.wait_for(handle.remote(), 30)
+        if not handles:
+            handles.append(DeploymentHandle(GATEWAY, config.app_name).options(
+                method_name="routing"))
+        return await asyncio.wait_for(handles[0].remote(), 30)
 
     def deployed() -> bool:
         app = serve.status().applications.get(config.app_name)
