@@ -73,8 +73,8 @@ def sliding_window(manifest: ModelManifest) -> SlidingWindowInferer | None:
 
 
 def warm_up_shapes(manifest: ModelManifest, largest: int) -> list[tuple[int, ...]]:
-    """The input of every forward pass the replica can be asked for: each batch size from 1
-    to `largest` of one image, or of one sliding window for CT models."""
+    """The smallest and the largest forward pass the replica can be asked for: 1 and
+    `largest` images, or sliding windows for CT models."""
     pre = manifest.preprocessing
     item = ((1, *pre.roi_size) if isinstance(pre, CTPreprocessing)
             else tuple(manifest.inputs[0].shape[1:]))
@@ -98,12 +98,11 @@ class InProcess:
         raise NotImplementedError
 
     def warm_up(self, manifest: ModelManifest) -> None:
-        """One forward pass of every batch size, at start-up on the inference thread. The
-        allocator keeps what each new shape needed (measured here on cxr-triage's frozen
-        DenseNet: 560 MiB after load, 2.1 GiB once sizes 1 to 8 have all run), so without
-        this a replica's memory steps up under load whenever a new batch size first forms
-        (the soak saw +180 MiB at minute 28), and that first batch pays the graph's
-        specialisation. After it, the replica holds its steady memory before it is ready."""
+        """The smallest and the largest forward pass, at start-up on the inference thread:
+        the replica takes its working memory (cxr-triage with jemalloc: 565 -> 708 MiB of
+        the 755 it holds under any mix of batch sizes) and the frozen graph's first-call
+        specialisation before it is ready, not when its first full batch forms under load
+        (0.9 s for cxr-triage here)."""
         for shape in warm_up_shapes(manifest, self.largest_pass):
             self.executor.submit(self.forward, np.zeros(shape, np.float32)).result()
 
