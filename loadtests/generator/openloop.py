@@ -9,8 +9,9 @@ reached the request is not sent and counts as a failure, so a stall cannot hide 
 
 from __future__ import annotations
 
+import itertools
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 NOT_SENT = "not sent: in-flight cap reached"
@@ -36,6 +37,20 @@ def arrivals(
             raise ValueError(f"rate {r:g} at t={t:g} exceeds rate_max {rate_max:g}")
         if rng.random() * rate_max < r:
             yield t
+
+
+def replayed(
+    first: Sequence[float], period_s: float, duration_s: float
+) -> Iterator[tuple[int, float]]:
+    """(pass, intended start) for the arrival times of one period replayed back to back until
+    `duration_s`; one period as long as the run is the plain schedule."""
+    for k in itertools.count():
+        if k * period_s >= duration_s:
+            return
+        for t in first:
+            if k * period_s + t >= duration_s:
+                return
+            yield k, k * period_s + t
 
 
 @dataclass

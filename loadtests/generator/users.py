@@ -19,18 +19,22 @@ import gevent.pool
 import requests
 from locust import HttpUser, User, between, task
 
-from loadtests.generator.openloop import InFlight, Record, arrivals, completed, refused
+from loadtests.generator.openloop import (
+    InFlight,
+    Record,
+    arrivals,
+    completed,
+    refused,
+    replayed,
+)
 from loadtests.generator.workloads import (
-    Mix,
-    auth_headers,
-    chat_body,
-    imaging_bodies,
+    Request,
+    Requests,
     path_of,
     sse_data,
     token_times,
 )
 from loadtests.traffic.profiles import ModelPlan, Plan
-from serving.protocol.headers import PRIORITY as PRIORITY_HEADER
 
 RECORDS: list[Record] = []
 FINISHED: set[str] = set()  # models whose schedule is done and drained
@@ -42,28 +46,15 @@ class Sender:
 
     def __init__(self, name: str, spec: ModelPlan, plan: Plan, seed: int) -> None:
         self.name, self.spec, self.plan = name, spec, plan
-        self.rng = random.Random(seed)
         p = plan.profile
-        self.mix = Mix({t.name: t.weight for t in p.tenants}, p.priorities, seed)
-        self.auth = auth_headers(p.tenants)  # keys from this process' environment only
-        self.bodies = [] if spec.kind == "chat" else imaging_bodies(spec.kind, p.payloads)
+        self.draws = Requests(name, spec.kind, spec.adapters, p, seed)  # keys: this env only
         self.session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_maxsize=p.max_in_flight)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
-    def request(self) -> tuple[bytes, dict[str, str], str, str]:
-        tenant, priority = self.mix.draw()
-        headers = {PRIORITY_HEADER: priority, **self.auth[tenant]}
-        if self.spec.kind == "chat":
-            body = chat_body(self.name, self.spec.adapters, self.plan.profile.payloads, self.rng)
-            headers["Content-Type"] = "application/json"
-        else:
-            body, headers["Content-Type"] = self.rng.choice(self.bodies)
-        return body, headers, tenant, priority
-
-    def send(self, host: str, t0: float, intended: float, fire: Any) -> Record:
-        body, headers, tenant, priority = self.request()
+    def send(self, host: str, t0: float, intended: float, request: Request, fire: Any) -> Record:
+        body, headers, tenant, priority = request
         url = host.rstrip("/") + path_of(self.spec.kind, self.name)
         lag = time.perf_counter() - t0 - intended
         status, error, ttft, gaps = 0, None, None, []
@@ -108,25 +99,31 @@ class OpenLoopUser(User):
         gate = InFlight(profile.max_in_flight)
         pool = gevent.pool.Group()
         fire = self.environment.events.request.fire
-        schedule = arrivals(lambda t: spec.rate_rps * shape.multiplier(t),
-                            spec.rate_rps * shape.max_multiplier, profile.duration_s,
-                            random.Random(seed))
+        period = profile.repeat_s or profile.duration_s
+        first = list(arrivals(lambda t: spec.rate_rps * shape.multiplier(t),
+                              spec.rate_rps * shape.max_multiplier,
+                              min(period, profile.duration_s), random.Random(seed)))
         t0 = time.perf_counter()
 
-        def one(intended: float) -> None:
+        def one(intended: float, request: Request) -> None:
             try:
-                RECORDS.append(sender.send(self.host or "", t0, intended, fire))
+                RECORDS.append(sender.send(self.host or "", t0, intended, request, fire))
             except gevent.GreenletExit:  # still running when the drain time ran out
                 RECORDS.append(Record(self.model, intended, error=UNFINISHED))
             finally:
                 gate.release()
 
-        for intended in schedule:
+        passes = 0
+        for k, intended in replayed(first, period, profile.duration_s):
+            if k != passes:
+                passes = k
+                sender.draws.restart()
+            request = sender.draws.next()  # in schedule order: a replay draws the same
             delay = t0 + intended - time.perf_counter()
             if delay > 0:
                 gevent.sleep(delay)
             if gate.try_acquire():
-                pool.spawn(one, intended)
+                pool.spawn(one, intended, request)
             else:
                 RECORDS.append(refused(self.model, intended))
                 fire(request_type="POST", name=self.model, response_time=0.0,
@@ -151,7 +148,7 @@ def closed_loop_user(model: str, plan: Plan) -> type[HttpUser]:
 
         @task
         def call(self) -> None:
-            body, headers, _, _ = self.sender.request()
+            body, headers, _, _ = self.sender.draws.next()
             chat = self.sender.spec.kind == "chat"
             path = path_of(self.sender.spec.kind, model)
             with self.client.post(path, data=body, headers=headers, name=model, stream=chat,

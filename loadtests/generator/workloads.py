@@ -13,7 +13,8 @@ import os
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from loadtests.traffic.profiles import Kind, Payloads, Tenant
+from loadtests.traffic.profiles import Kind, Payloads, Profile, Tenant
+from serving.protocol.headers import PRIORITY as PRIORITY_HEADER
 from serving.testing.samples import make_ct_series, make_radiograph, zip_series
 
 API_KEY_ENV = "MEDSERVE_API_KEY"  # the key of tenants that name no `key_env`
@@ -110,6 +111,38 @@ class Mix:
     def draw(self) -> tuple[str, str]:
         tenant = self.rng.choices(self.tenants, self.tenant_w)[0]
         return tenant, self.rng.choices(self.priorities, self.priority_w)[0]
+
+
+Request = tuple[bytes, dict[str, str], str, str]  # body, headers, tenant, priority
+
+
+class Requests:
+    """One model's requests in order, every draw (payload, tenant, priority) from one seed:
+    `restart()` draws the same sequence again, which is how a replayed schedule
+    (`Profile.repeat_s`) sends each pass the same requests."""
+
+    def __init__(self, model: str, kind: Kind, adapters: list[str], profile: Profile,
+                 seed: int, env: Mapping[str, str] = os.environ) -> None:
+        self.model, self.kind, self.adapters, self.seed = model, kind, adapters, seed
+        self.payloads = profile.payloads
+        self.weights = {t.name: t.weight for t in profile.tenants}, profile.priorities
+        self.auth = auth_headers(profile.tenants, env)
+        self.bodies = [] if kind == "chat" else imaging_bodies(kind, profile.payloads)
+        self.restart()
+
+    def restart(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.mix = Mix(*self.weights, self.seed)
+
+    def next(self) -> Request:
+        tenant, priority = self.mix.draw()
+        headers = {PRIORITY_HEADER: priority, **self.auth[tenant]}
+        if self.kind == "chat":
+            body = chat_body(self.model, self.adapters, self.payloads, self.rng)
+            headers["Content-Type"] = "application/json"
+        else:
+            body, headers["Content-Type"] = self.rng.choice(self.bodies)
+        return body, headers, tenant, priority
 
 
 def auth_headers(

@@ -70,6 +70,14 @@ class Profile(_Strict):
     max_in_flight: int = Field(64, ge=1, description="Open-loop in-flight cap per model.")
     request_timeout_s: float = Field(30.0, gt=0, description="Client timeout; then a failure.")
     seed: int = 0
+    repeat_s: float | None = Field(
+        None,
+        gt=0,
+        description="Replay the first repeat_s seconds of each model's schedule (arrival "
+        "times, payloads, tenants, priorities) until the end, for constant shapes only. A soak "
+        "sets its drift window here: every window it compares is then sent the same requests "
+        "at the same offsets, so a tail that moves is the server's, not the luck of the draw.",
+    )
     payloads: Payloads = Field(default_factory=Payloads)
     tenants: list[Tenant] = Field(default_factory=lambda: [Tenant(name="loadtest")])
     priorities: dict[str, float] = Field(
@@ -83,6 +91,9 @@ class Profile(_Strict):
             raise ValueError(f"unknown priorities {sorted(unknown)}; known: {PRIORITIES}")
         if self.rollout is None and any(m.rate_rps is None for m in self.models.values()):
             raise ValueError("without a rollout every model needs rate_rps")
+        if self.repeat_s is not None and self.shape.kind not in ("constant", "soak"):
+            raise ValueError(f"repeat_s replays a constant load; shape {self.shape.kind!r} "
+                             "changes its rate over the run")
         return self
 
     def load_rollout(self) -> Rollout | None:
@@ -147,7 +158,9 @@ def build_plan(
 ) -> tuple[Plan, list[str]]:
     """The plan for the models of `profile` that `repo` serves, and notes on those skipped."""
     if duration_s is not None:
-        profile = profile.model_copy(update={"duration_s": duration_s})
+        # A replay period keeps its share of the run, as the soak's windows do (SoakPlan).
+        repeat = profile.repeat_s and profile.repeat_s * duration_s / profile.duration_s
+        profile = profile.model_copy(update={"duration_s": duration_s, "repeat_s": repeat})
     rates = profile.base_rates()
     manifests = all_manifests(repo)
     models, notes = {}, []

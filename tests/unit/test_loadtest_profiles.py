@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from loadtests.generator.workloads import (
     API_KEY_ENV,
     Mix,
+    Requests,
     auth_headers,
     chat_body,
     imaging_bodies,
@@ -67,6 +68,18 @@ def test_profiles_reject_missing_rates_and_unknown_priorities() -> None:
                                 "priorities": {"whenever": 1.0}})
     with pytest.raises(FileNotFoundError, match="smoke"):
         load_profile("no-such-profile")
+
+
+def test_a_replay_period_needs_a_constant_rate_and_scales_with_the_run() -> None:
+    soak = load_profile("soak")
+    assert soak.repeat_s is not None and soak.duration_s % soak.repeat_s == 0
+    repo = SimpleNamespace(models={"cxr-triage": load_manifest(REPO / "cxr-triage" /
+                                                               "manifest.yaml")})
+    plan, _ = build_plan(soak, repo, records="r.jsonl", duration_s=soak.duration_s / 10)
+    assert plan.profile.repeat_s == pytest.approx(soak.repeat_s / 10)
+    with pytest.raises(ValidationError, match="repeat_s replays a constant load"):
+        Profile.model_validate({"name": "t", "duration_s": 10, "shape": {"kind": "step"},
+                                "repeat_s": 5, "models": {"m": {"rate_rps": 1}}})
 
 
 def test_plan_drives_models_in_the_repository_and_notes_the_rest() -> None:
@@ -134,6 +147,27 @@ def test_tenant_and_priority_mix_follows_the_weights() -> None:
     share_stat = sum(1 for _, p in draws if p == "stat") / len(draws)
     assert abs(share_a - 0.75) < 5 * (0.75 * 0.25 / 4000) ** 0.5
     assert abs(share_stat - 0.1) < 5 * (0.1 * 0.9 / 4000) ** 0.5
+
+
+def test_requests_restart_draws_the_same_sequence() -> None:
+    profile = Profile.model_validate({
+        "name": "t", "duration_s": 10, "models": {"m": {"rate_rps": 1}},
+        "priorities": {"stat": 1.0, "routine": 1.0},
+        "tenants": [{"name": "a"}, {"name": "b", "weight": 2.0}]})
+    chats = Requests("clinical-llm", "chat", ["x", "y"], profile, seed=4, env={})
+    first = [chats.next() for _ in range(20)]
+    more = [chats.next() for _ in range(20)]
+    chats.restart()
+    assert [chats.next() for _ in range(40)] == first + more
+    assert len({r[0] for r in first}) > 1 and {r[2] for r in first} == {"a", "b"}
+    assert {r[3] for r in first} == {"stat", "routine"}
+    assert all(r[1]["x-priority"] == r[3] for r in first)
+    assert [Requests("clinical-llm", "chat", ["x", "y"], profile, seed=5, env={}).next()
+            for _ in range(20)] != first
+    studies = Requests("cxr-triage", "radiograph", [], profile, seed=4, env={})
+    sent = [studies.next()[0] for _ in range(12)]
+    studies.restart()
+    assert [studies.next()[0] for _ in range(12)] == sent and len(set(sent)) > 1
 
 
 def test_tenants_authenticate_with_keys_from_the_environment() -> None:

@@ -8,7 +8,14 @@ import statistics
 
 import pytest
 
-from loadtests.generator.openloop import NOT_SENT, InFlight, arrivals, completed, refused
+from loadtests.generator.openloop import (
+    NOT_SENT,
+    InFlight,
+    arrivals,
+    completed,
+    refused,
+    replayed,
+)
 from loadtests.report.stats import percentile
 from loadtests.traffic.shapes import Step
 
@@ -56,6 +63,19 @@ def test_rate_above_the_bound_is_an_error() -> None:
     with pytest.raises(ValueError, match="exceeds rate_max"):
         list(arrivals(lambda t: 2.0, 1.0, 100.0, random.Random(0)))
     assert list(arrivals(lambda t: 0.0, 0.0, 100.0, random.Random(0))) == []
+
+
+def test_a_replayed_schedule_repeats_one_period_to_the_end() -> None:
+    first = list(arrivals(lambda t: 3.0, 3.0, 30.0, random.Random(5)))
+    got = list(replayed(first, 30.0, 100.0))
+    passes = [[t - k * 30.0 for kk, t in got if kk == k] for k in range(4)]
+    for k in range(3):
+        assert passes[k] == pytest.approx(first)  # each full pass: the same offsets
+    assert passes[3] == pytest.approx([t for t in first if t < 10.0])  # cut at the end
+    assert max(t for _, t in got) < 100.0
+    assert list(replayed([], 30.0, 100.0)) == []  # a period with no arrival: none, and ends
+    # One period as long as the run is the plain schedule.
+    assert [t for _, t in replayed(first, 30.0, 30.0)] == first
 
 
 def test_in_flight_cap_refuses_and_counts() -> None:
