@@ -13,7 +13,7 @@ from serving.http.error_map import install_error_handlers
 from serving.http.gateway_api import GatewayAPI
 from serving.http.header_limits import HeaderLimits
 from serving.http.request_metrics import install_metrics
-from serving.http.routes import adapters, imaging, oip, openai, studies
+from serving.http.routes import adapters, imaging, oip, openai, repository, studies
 from serving.protocol.headers import accepted_request_id
 
 
@@ -65,4 +65,5 @@ def create_app(gateway: GatewayAPI) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(studies.router)
     app.include_router(adapters.router)
+    app.include_router(repository.router)
     return app

@@ -35,8 +35,9 @@ A_RATE, A_BURST = 1, 5
 
 
 class AuthServer:
-    def __init__(self, server: ServerProcess, keys: dict[str, str], audit: Path) -> None:
-        self.server, self.keys, self.audit = server, keys, audit
+    def __init__(self, server: ServerProcess, keys: dict[str, str], audit: Path,
+                 repo: Path) -> None:
+        self.server, self.keys, self.audit, self.repo = server, keys, audit, repo
         self.request_ids: list[str] = []
 
     def call(self, method: str, path: str, tenant: str | None = None, key: str | None = None,
@@ -75,12 +76,13 @@ def auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
     config = write_config(tmp / "medserve.yaml", limits=TEST_LIMITS,
                           http={"request_timeout_s": 60, "docs": False},
                           audit={"path": str(audit)})
+    repo = linked_repo(tmp / "repo")
     with running_server(
-        "--repo", str(linked_repo(tmp / "repo")), "--config", str(config), "--tenants",
+        "--repo", str(repo), "--config", str(config), "--tenants",
         str(tenants),
         "--host", "0.0.0.0", log=tmp / "server.log", cwd=ROOT,
     ) as srv:
-        yield AuthServer(srv, keys, audit)
+        yield AuthServer(srv, keys, audit, repo)
 
 
 def test_missing_or_wrong_key_is_401(auth: AuthServer) -> None:
@@ -203,6 +205,46 @@ def test_an_admin_loads_and_unloads_an_adapter_under_traffic(
         stop.set()
         thread.join()
     assert codes and set(codes) == {200}, codes
+
+
+def test_the_repository_index_lists_every_version_and_why_one_is_unavailable(
+    auth: AuthServer,
+) -> None:
+    """Triton's repository index through tritonclient: what is served is READY, a model put
+    in the repository folder after the deploy is listed UNAVAILABLE with the reason."""
+    from tritonclient.http import InferenceServerClient, InferenceServerException
+
+    added = auth.repo / "cxr-second"
+    shutil.copytree(auth.repo / "cxr-triage", added, copy_function=os.link)
+    manifest = added / "manifest.yaml"
+    raw = yaml.safe_load(manifest.read_text())
+    manifest.unlink()  # a hard link to the test repository's file: write a new one
+    manifest.write_text(yaml.safe_dump({**raw, "name": "cxr-second"}))
+    client = InferenceServerClient(auth.server.host_port)
+    try:
+        admin = {"Authorization": f"Bearer {auth.keys['platform']}"}
+        index = client.get_model_repository_index(headers=admin)
+        states = {(e["name"], e["version"]): (e["state"], e.get("reason", "")) for e in index}
+        assert states[("cxr-triage", "1")] == ("READY", "")
+        assert states[("lung-nodule-ct", "1")] == ("READY", "")
+        assert states[("clinical-llm", "1")] == ("READY", "")
+        state, reason = states[("cxr-second", "1")]
+        assert state == "UNAVAILABLE" and "not in the deployed application" in reason
+        ready = auth.call("POST", "/v2/repository/index", "platform", json={"ready": True})
+        assert ready.status_code == 200
+        assert {e["name"] for e in ready.json()} == {"cxr-triage", "lung-nodule-ct",
+                                                    "clinical-llm"}
+        assert auth.call("GET", "/v2/repository/index", "platform").json() == index
+        bad = auth.call("POST", "/v2/repository/index", "platform", content=b"{not json")
+        assert bad.status_code == 400
+        for tenant in ("research", None):
+            with pytest.raises(InferenceServerException) as refused:
+                client.get_model_repository_index(
+                    headers={"Authorization": f"Bearer {auth.keys[tenant]}"} if tenant else {})
+            assert refused.value.status() == ("403" if tenant else "401")
+    finally:
+        client.close()
+        shutil.rmtree(added)
 
 
 def test_audit_log_lines(auth: AuthServer) -> None:
