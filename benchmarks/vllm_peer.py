@@ -52,6 +52,10 @@ def vllm_python() -> Path:
         print(f"making {VENV} with {VLLM} (once) ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", VLLM], check=True)
+        # The index's torchvision/torchaudio/torchcodec are built against CUDA torch, not the
+        # CPU wheel (importing torchvision then fails); a text model needs none of them.
+        subprocess.run([str(python), "-m", "pip", "uninstall", "-q", "-y", "torchvision",
+                        "torchaudio", "torchcodec"], check=True)
         (VENV / ".installed").touch()
     return python
 
@@ -63,9 +67,11 @@ def vllm_server(model_dir: Path, threads: int, log: Path) -> Iterator[str]:
     cores = "0" if threads == 1 else f"0-{threads - 1}"
     env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": cores, "OMP_NUM_THREADS": str(threads),
            "VLLM_CPU_KVCACHE_SPACE": "2"}  # GiB; 16 streams of ~400 tokens need far less
-    cmd = [str(vllm_python().parent / "vllm"), "serve", str(model_dir),
-           "--served-model-name", MODEL, "--dtype", "float32", "--host", "127.0.0.1",
-           "--port", str(port), "--max-model-len", "1024", "--max-num-seqs", "32"]
+    # The module, not the `vllm` script: that one asks for a distribution named `vllm`.
+    cmd = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model",
+           str(model_dir), "--served-model-name", MODEL, "--dtype", "float32",
+           "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024",
+           "--max-num-seqs", "32"]
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,

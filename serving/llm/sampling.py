@@ -6,13 +6,23 @@ other requests share its batch. `SeededSampler` runs last and, for seeded rows, 
 itself with the Gumbel-max trick from a generator keyed by (seed, position): an exact sample
 from the same distribution, independent of whatever else is in the batch. It leaves a one-hot
 row, which the manager's own multinomial step then picks with probability one.
+
+transformers' top-k and top-p warpers sort every row of the vocabulary on every decode step,
+whatever the row asks for: two full sorts of (batch, 49k) took 22% of a 16-stream decode step
+here (py-spy). Medserve asks top-k for 1 (greedy) or nothing, so `RowTopK` keeps a greedy
+row's maximum with one pass and leaves the others alone, and `RowTopP` sorts only the rows
+whose top-p is below 1. Both give exactly the warpers' results.
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from transformers.generation.continuous_batching.cb_logits_processors import (
     ContinuousBatchingLogitsProcessor,
+    ContinuousBatchingTopKLogitsWarper,
+    ContinuousBatchingTopPLogitsWarper,
 )
 
 NO_SEED = -1
@@ -56,12 +66,58 @@ class SeededSampler(ContinuousBatchingLogitsProcessor):
         return scores
 
 
+class RowTopK(ContinuousBatchingTopKLogitsWarper):
+    """Top-k without a sort for k = 1 (the row's maximum, ties kept) and k = vocabulary (no-op);
+    any other k in the batch: the warper's own sort."""
+
+    def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
+        vocab = scores.size(-1)
+        top_k = tensor_arg[: scores.size(0)].clamp(max=vocab)
+        if bool(((top_k > 1) & (top_k < vocab)).any()):
+            return super().__call__(scores, tensor_arg)
+        greedy = (top_k == 1).unsqueeze(-1)
+        if not bool(greedy.any()):
+            return scores
+        best = scores.amax(dim=-1, keepdim=True)
+        return scores.masked_fill(greedy & (scores < best), self.filter_value)
+
+
+class RowTopP(ContinuousBatchingTopPLogitsWarper):
+    """Top-p that sorts only the rows with top-p below 1 (a top-p of 1 keeps every token that
+    has any probability, which is what sampling can pick anyway)."""
+
+    def __call__(self, scores: torch.Tensor, tensor_arg: torch.Tensor) -> torch.Tensor:
+        top_p = tensor_arg[: scores.size(0)].view(dtype=torch.float32)
+        rows = (top_p < 1.0).nonzero().squeeze(-1)
+        if rows.numel() in (0, scores.size(0)):
+            return scores if rows.numel() == 0 else super().__call__(scores, tensor_arg)
+        out = scores.clone()
+        out[rows] = super().__call__(scores[rows], top_p[rows].view(dtype=torch.int32))
+        return out
+
+
+ROW_WISE: dict[type, type] = {ContinuousBatchingTopKLogitsWarper: RowTopK,
+                              ContinuousBatchingTopPLogitsWarper: RowTopP}
+
+
+def row_wise(processor: object) -> object:
+    """The row-wise twin of transformers' top-k or top-p warper, with its settings."""
+    twin = ROW_WISE.get(type(processor))
+    if twin is None:
+        return processor
+    out = copy.copy(processor)
+    out.__class__ = twin  # a subclass that only overrides __call__: same state, same layout
+    return out
+
+
 def install(manager: object) -> None:
-    """Append the seeded sampler to a not-yet-started manager's processor list.
+    """Swap in the row-wise warpers and append the seeded sampler to a not-yet-started
+    manager's processor list.
 
     The list's argument storage is sized when the manager starts, so this must run before.
     """
     processors = manager.logit_processor  # type: ignore[attr-defined]
+    processors.logits_processor[:] = [row_wise(p) for p in processors.logits_processor]
     processors.logits_processor.append(SeededSampler())
     processors.tensors_required += 1
     processors._retrieve_processors_kwargs()
