@@ -85,7 +85,8 @@ async def repository_index(request: Request) -> list[IndexEntry]:
     gw: GatewayAPI = request.app.state.gateway
     deployed = _versions(gw.repo)
     entries = list(await asyncio.gather(*(_entry(gw, n, v) for n, v in deployed)))
+    served = set(deployed)
     entries += [IndexEntry(name=n, version=v, state="UNAVAILABLE", reason=NOT_DEPLOYED)
-                for n, v in await _on_disk(gw) if (n, v) not in set(deployed)]
+                for n, v in await _on_disk(gw) if (n, v) not in served]
     entries.sort(key=lambda e: (e.name, e.version))
     return [e for e in entries if e.state == "READY"] if body.ready else entries
