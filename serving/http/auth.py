@@ -66,6 +66,14 @@ def authorize(request: Request, model: str) -> None:
         raise Forbidden(FORBIDDEN)
 
 
+def require_admin(request: Request, what: str) -> Tenant:
+    """The calling tenant, if it is an admin; 403 naming `what` otherwise (auth off: nobody)."""
+    tenant: Tenant | None = getattr(request.state, "tenant", None)
+    if tenant is None or not tenant.admin:
+        raise Forbidden(f"{what} needs an admin API key (`admin: true` in tenants)")
+    return tenant
+
+
 async def authenticate(request: Request) -> None:
     request.state.tenant = None
     auth: Auth | None = getattr(request.app.state, "auth", None)

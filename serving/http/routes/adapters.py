@@ -15,13 +15,14 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.errors import Forbidden, InvalidInput, ModelLoadError
+from serving.http.auth import require_admin
 from serving.http.gateway_api import GatewayAPI
 from serving.http.request_metrics import note_model
 
 log = logging.getLogger("ray.serve")
 router = APIRouter(tags=["Runtime adapters (admin)"])
 ERRORS: dict[int | str, dict[str, object]] = {c: {} for c in (400, 401, 403, 404)}
-ADMIN_ONLY = "loading and unloading adapters needs an admin API key (`admin: true` in tenants)"
+ADAPTERS = "loading and unloading adapters"
 
 
 class UnloadLoRA(BaseModel):
@@ -35,9 +36,7 @@ class LoadLoRA(UnloadLoRA):
 
 
 def _admin_model(request: Request, body: UnloadLoRA) -> tuple[GatewayAPI, str]:
-    tenant = getattr(request.state, "tenant", None)
-    if tenant is None or not tenant.admin:
-        raise Forbidden(ADMIN_ONLY)
+    tenant = require_admin(request, ADAPTERS)
     gw: GatewayAPI = request.app.state.gateway
     llms = sorted(gw.llm_manifests)
     model = body.model or (llms[0] if len(llms) == 1 else None)
@@ -45,7 +44,7 @@ def _admin_model(request: Request, body: UnloadLoRA) -> tuple[GatewayAPI, str]:
         raise InvalidInput(f"model: name one of the served LLMs ({', '.join(llms)})")
     note_model(request, model)
     if not tenant.allows(model):
-        raise Forbidden(ADMIN_ONLY)
+        raise Forbidden(f"{ADAPTERS} of {model} is not allowed for this API key")
     return gw, model
 
 
