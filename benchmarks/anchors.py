@@ -386,9 +386,9 @@ def recovered(rows: list[Row], threshold_ms: float) -> float | None:
     return bad[-1]["start_s"] + WINDOW_S
 
 
-def wait_one_replica(srv: ServerProcess, deployment: str, app: str, timeout_s: float) -> None:
+def wait_one_replica(srv: ServerProcess, deployment: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while len(srv.replica_pids(deployment, app)) != 1:
+    while len(srv.replica_pids(deployment)) != 1:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{deployment} did not settle at one replica in {timeout_s:g} s")
         time.sleep(1)
@@ -407,16 +407,16 @@ def burst(args: argparse.Namespace, tmp: Path) -> None:
                   f"target {s.target_ongoing_requests} ongoing; SLO "
                   f"p{slo.latency_objective * 100:g} <= {threshold_ms:.0f} ms", highlight=False)
     names = [n for n in args.systems.split(",") if n in (MEDSERVE, PLAIN)]
-    # (deployment, Serve app, replica method an infer request calls)
-    deployments = {MEDSERVE: (f"{MODEL}-v{manifest.served_version}", "medserve", "infer"),
-                   PLAIN: (MODEL, "plain", "predict")}
+    # (deployment, replica method an infer request calls)
+    deployments = {MEDSERVE: (f"{MODEL}-v{manifest.served_version}", "infer"),
+                   PLAIN: (MODEL, "predict")}
     bursts = []
     with contextlib.ExitStack() as stack:
         systems = start_systems(stack, names, tmp, pinned=False)
         for name in names:  # one at a time: a burst takes the whole machine
-            deployment, app, method = deployments[name]
+            deployment, method = deployments[name]
             srv = systems.servers[name]
-            wait_one_replica(srv, deployment, app, args.idle_timeout_s)
+            wait_one_replica(srv, deployment, args.idle_timeout_s)
             time.sleep(args.idle_s)
             samples, second = asyncio.run(open_loop(systems.urls[name], rate, args.burst_s, srv,
                                                     deployment, method,

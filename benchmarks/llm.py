@@ -34,11 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from loadtests.report.stats import percentile  # noqa: E402
-from serving.app import deployment_name  # noqa: E402
 from serving.llm.chat import ChatService  # noqa: E402
 from serving.llm.transformers_engine import load_causal_lm  # noqa: E402
 from serving.repository.store import load_repository  # noqa: E402
 from serving.testing.process import memory_mib, running_server  # noqa: E402
+from serving.topology.applications import deployment_name  # noqa: E402
 
 MODEL = "clinical-llm"
 QUESTIONS = [

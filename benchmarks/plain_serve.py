@@ -6,8 +6,8 @@ sends Medserve and Triton, on the same path) and calls a model deployment whose 
 method runs the network on one worker thread. From Medserve it takes only what must be equal
 for the comparison: the repository's weights and network (loaded and frozen as the torch backend
 does), and the manifest's batching limits, replica counts or autoscaling, request limits, CPUs
-and threads (`serving.app.deployment_options`). No gateway, admission queue, retries, metrics,
-validation or error mapping.
+and threads (`serving.topology.applications.deployment_options`). No gateway, admission
+queue, retries, metrics, validation or error mapping.
 
     python benchmarks/plain_serve.py --repo DIR --port PORT [--model cxr-triage]
 
@@ -109,8 +109,8 @@ class Ingress:
 
 def build(repo_root: str, model: str) -> Any:
     """The application, with the manifest's replicas, limits, batching and CPUs."""
-    from serving.app import deployment_options
     from serving.repository.store import load_repository
+    from serving.topology.applications import deployment_options
 
     m = load_repository(Path(repo_root)).manifest(model)
     keep = ("num_replicas", "autoscaling_config", "max_ongoing_requests", "max_queued_requests",

@@ -62,7 +62,7 @@ def build_config(
     config: ConfigOpt = DEFAULT_CLUSTER_CONFIG,
 ) -> None:
     """Write a `serve deploy`-ready config generated from the repository."""
-    from serving.app import serve_config
+    from serving.topology.applications import serve_config
 
     if target not in ("local", "k8s"):
         raise fail("--target must be local or k8s")

@@ -24,16 +24,18 @@ from serving.errors import MedserveError, ModelNotFound, QueueTimeout
 from serving.gateway.admission import AdmissionControl, ModelAdmission, Slot
 from serving.gateway.retry import once_more_if_replica_lost, serve_errors
 from serving.gateway.targets import LLMTarget, Target, handle_key, split_key
-from serving.gateway.traffic import Routing, pick, routing
+from serving.gateway.traffic import pick
 from serving.imaging.pipeline import Payload
 from serving.jobs.service import StudyJobs
 from serving.observability.metrics import AdmissionMetrics, JobMetrics, latency_buckets
 from serving.protocol.priority import Priority
 from serving.repository.runtime_adapters import ManifestWatch, add_adapter, remove_adapter
-from serving.repository.store import load_repository
+from serving.repository.store import Repository, load_repository
 from serving.schema.cluster import ClusterConfig
 from serving.schema.imaging import ModelManifest
 from serving.schema.llm import LLMManifest
+from serving.topology.applications import AppArgs, Routing, deployment_name, model_app
+from serving.topology.live import LiveRepository
 
 log = logging.getLogger("ray.serve")
 
@@ -44,14 +46,16 @@ class Router:
     """The request path without HTTP: resolve a model name to a deployment, admit the call
     (priority queue, shedding), call it with the retry policy, and stream its output."""
 
-    def __init__(
-        self, repo_root: str, config: dict[str, Any], handles: dict[str, DeploymentHandle]
-    ) -> None:
-        self.repo = load_repository(Path(repo_root))
+    def __init__(self, args: dict[str, Any], config: dict[str, Any]) -> None:
+        self.args = AppArgs.model_validate(args)
+        self.repo = load_repository(Path(self.args.model_repo))
         self.config = ClusterConfig.model_validate(config)
-        self.handles = handles
         # Replaced by `reconfigure` (the deployment's user_config) before any request.
-        self.traffic = routing(self.repo)
+        self.traffic = Routing()
+        self.handles: dict[str, DeploymentHandle] = {}
+        # The imaging models routed to, one dict updated in place (study jobs read it).
+        self.served_models: dict[str, ModelManifest] = {}
+        self.live = LiveRepository(self.args, self.config, lambda: self.traffic)
         self.rng = random.Random()
         self.admission = AdmissionControl(
             self.config.gateway.num_replicas, self.config.http.request_timeout_s
@@ -59,7 +63,7 @@ class Router:
         self._admission_metrics: AdmissionMetrics | None = None
         self._job_metrics: JobMetrics | None = None
         # Study jobs (serving/jobs/): studies in the PACS, or sent here over STOW-RS.
-        self.jobs = StudyJobs(self.config, self.repo.models, self._predict_for_job)
+        self.jobs = StudyJobs(self.config, self.served_models, self._predict_for_job)
         # LLM manifests change at run time (adapters loaded and unloaded, by any replica)
         self._watches = [ManifestWatch(self.repo.root, m) for m in self.repo.llms]
         self._adapter_lock = asyncio.Lock()
@@ -87,26 +91,57 @@ class Router:
         self.jobs.runner.ensure_started()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """A new traffic split, applied in place (a canary step or a rollback)."""
+        """What to route to, applied in place: a canary step, a rollback, a model loaded or
+        unloaded (serving.topology.live)."""
         new = Routing.model_validate(user_config)
         for model, split in new.traffic.items():
-            missing = [v for v in split if handle_key(model, v) not in self.handles]
+            missing = [v for v in split if v not in new.served.get(model, [])]
             if missing:
                 raise ValueError(f"traffic of {model!r} names unserved versions {missing}")
-        self.traffic = new  # one reference swap: each request sees the old or the new split
-        log.info("traffic split: %s", new.traffic)
+        if new.manifests != self.traffic.manifests:
+            self._set_repo(load_repository(self.repo.root))
+        handles = {handle_key(m, v): self.handles.get(handle_key(m, v))
+                   or DeploymentHandle(deployment_name(m, v), model_app(m, v))
+                   for m, versions in new.served.items() for v in versions}
+        served = {n: m for n, m in self.repo.models.items() if n in new.served}
+        # Reference swaps: each request sees the old or the new routing.
+        self.handles, self.traffic = handles, new
+        self.served_models.clear()  # then refilled: no await in between
+        self.served_models.update(served)
+        log.info("routing: %s", new.traffic)
+
+    def _set_repo(self, repo: Repository) -> None:
+        self.repo = repo
+        self._watches = [ManifestWatch(repo.root, m) for m in repo.llms]
 
     def routing(self) -> dict[str, Any]:
-        """The live split (`serving.app.run` waits until it equals what was deployed)."""
+        """The live routing (`serving.app.run` waits until it equals what was deployed)."""
         return self.traffic.model_dump()
 
     @property
     def manifests(self) -> dict[str, ModelManifest]:
-        return self.repo.models
+        return self.served_models
 
     @property
     def llm_manifests(self) -> dict[str, LLMManifest]:
-        return self.repo.llms
+        return {n: m for n, m in self.repo.llms.items() if n in self.traffic.served}
+
+    async def load_model(self, name: str) -> None:
+        """Triton's model load: `name` as the repository folder has it now, its files checked
+        (checksums, graphs) before anything is deployed; no other model's replica restarts."""
+        repo = await asyncio.to_thread(load_repository, self.repo.root)
+        if name not in repo.models and name not in repo.llms:
+            raise ModelNotFound("The model is not in the model repository; "
+                                "GET /v2/repository/index lists it")
+        await asyncio.to_thread(repo.only(name).with_backends(
+            {k: v for k, v in self.args.backends.items() if k == name}).check)
+        await self.live.load(repo, name)
+
+    async def unload_model(self, name: str) -> None:
+        if name not in self.traffic.served:
+            raise ModelNotFound("The model is not loaded; GET /v2/repository/index lists them")
+        repo = await asyncio.to_thread(load_repository, self.repo.root)
+        await self.live.unload(repo, name)
 
     def _reread_changed_llms(self) -> None:
         if any([w.changed() for w in self._watches]):  # a list: every stamp is updated
@@ -127,25 +162,23 @@ class Router:
     def resolve_llm(self, model: str) -> LLMTarget:
         self._reread_changed_llms()
         name, _, adapter = model.partition(":")
-        manifest = self.repo.llms.get(name)
+        manifest = self.llm_manifests.get(name)
         if manifest is None or (adapter and adapter not in {a.name for a in manifest.adapters}):
             # Never the client's text back (it could be anything): where to find the names.
             raise ModelNotFound("The model does not exist; GET /v1/models lists the models")
-        handle = self.handles.get(handle_key(name, manifest.served_version))
-        if handle is None:
-            raise ModelNotFound(f"model {name!r} is not served")
+        (version,) = self.traffic.served[name]
+        handle = self.handles[handle_key(name, version)]
         if adapter:
             handle = handle.options(multiplexed_model_id=adapter)
-        return LLMTarget(manifest, manifest.served_version, handle, adapter or None)
+        return LLMTarget(manifest, version, handle, adapter or None)
 
     def resolve(self, model: str, version: str | None = None) -> Target:
-        manifest = self.repo.models.get(model)
+        manifest = self.served_models.get(model)
         if manifest is None:
             raise ModelNotFound(
-                f"unknown model; this server has {', '.join(sorted(self.repo.models))}"
+                f"unknown model; this server has {', '.join(sorted(self.served_models))}"
             )
-        split = self.traffic.traffic.get(model)
-        label = version or (pick(split, self.rng) if split else manifest.served_version)
+        label = version or pick(self.traffic.traffic[model], self.rng)
         handle = self.handles.get(handle_key(model, label))
         if handle is None:
             served = ", ".join(v for m, v in map(split_key, self.handles) if m == model)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +25,7 @@ from serving.observability.metrics import (
     priority_label,
 )
 from serving.protocol.headers import PRIORITY as PRIORITY_HEADER
+from serving.repository.store import Repository
 
 SHED_REASONS = {429: "rate_limited", 503: "unavailable", 504: "queue_timeout"}
 CLIENT_CLOSED = 499  # nginx's code for a client that went away before the answer
@@ -53,12 +55,12 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 class RequestMetrics:
     def __init__(
-        self, app: ASGIApp, metrics: GatewayMetrics, labels: ModelLabels,
+        self, app: ASGIApp, metrics: GatewayMetrics, labels: Callable[[], ModelLabels],
         audit: AuditLog | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
-        self.labels = labels
+        self.labels = labels  # the repository's names now: models load at run time
         self.audit = audit  # the audit trail reuses the labels computed here
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -88,7 +90,7 @@ class RequestMetrics:
     def _record(self, scope: Scope, status: int, duration_s: float) -> None:
         state = scope.get("state") or {}
         params = scope.get("path_params") or {}
-        model, version = self.labels(*state.get(_MODEL, (params.get("model"),
+        model, version = self.labels()(*state.get(_MODEL, (params.get("model"),
                                                          params.get("version"))))
         error_type, shed_reason = state.get(_ERROR, (None, None))
         if error_type is None and status >= 500:
@@ -117,6 +119,14 @@ def install_metrics(app: FastAPI, gateway: GatewayAPI) -> None:
     """Add the middleware last so it is the outermost one: it times everything else."""
     manifests = [*gateway.repo.models.values(), *gateway.repo.llms.values()]
     metrics = GatewayMetrics(latency_buckets(manifests))
-    app.add_middleware(RequestMetrics, metrics=metrics,
-                       labels=ModelLabels.from_manifests(manifests),
+    built: list[tuple[Repository, ModelLabels]] = []
+
+    def labels() -> ModelLabels:  # built again only when the gateway reads the repository
+        repo = gateway.repo
+        if not built or built[0][0] is not repo:
+            built[:] = [(repo, ModelLabels.from_manifests([*repo.models.values(),
+                                                          *repo.llms.values()]))]
+        return built[0][1]
+
+    app.add_middleware(RequestMetrics, metrics=metrics, labels=labels,
                        audit=AuditLog.from_config(gateway.config.audit))

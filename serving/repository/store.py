@@ -158,6 +158,11 @@ class Repository:
                 raise ModelLoadError(f"{name} with backend {backend}: {describe(exc)}") from None
         return replace(self, models=models)
 
+    def only(self, *names: str) -> Repository:
+        """This repository with the named models only (imaging or LLM)."""
+        return replace(self, models={n: m for n, m in self.models.items() if n in names},
+                       llms={n: m for n, m in self.llms.items() if n in names})
+
     def check(self) -> None:
         """Raise on the first manifest or weights problem: checksums, and for files that carry
         their own graph, that it loads here (an ONNX graph valid, runnable and as declared; a

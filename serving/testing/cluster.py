@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,33 +189,45 @@ def details(dashboard: str) -> dict[str, Any]:
     return r.json()
 
 
-def wait_running(dashboard: str, app: str, timeout_s: float = 600) -> dict[str, Any]:
+def wait_running(dashboard: str, apps: Collection[str],
+                 timeout_s: float = 600) -> dict[str, Any]:
+    """Until every application in `apps` runs; returns their details."""
     def running() -> bool:
-        a = details(dashboard).get("applications", {}).get(app)
-        if a and a["status"] == "DEPLOY_FAILED":
-            raise RuntimeError(f"{app}: {a.get('message', '')[:500]}")
-        return bool(a and a["status"] == "RUNNING")
+        found = details(dashboard).get("applications", {})
+        for app in apps:
+            a = found.get(app)
+            if a and a["status"] == "DEPLOY_FAILED":
+                raise RuntimeError(f"{app}: {a.get('message', '')[:500]}")
+            if not (a and a["status"] == "RUNNING"):
+                return False
+        return True
 
     poll_until(running, timeout_s, every_s=2.0)
-    return details(dashboard)["applications"][app]
+    return {app: details(dashboard)["applications"][app] for app in apps}
 
 
-def placement(dashboard: str, app: str, nodes: list[dict[str, Any]]) -> dict[str, list[str]]:
+def deployments(dashboard: str) -> dict[str, dict[str, Any]]:
+    """Deployment -> its details, across every application."""
+    return {name: d for a in details(dashboard).get("applications", {}).values()
+            for name, d in a["deployments"].items()}
+
+
+def placement(dashboard: str, nodes: list[dict[str, Any]]) -> dict[str, list[str]]:
     """Deployment -> the pool resources of the nodes its RUNNING replicas are on."""
     pools = {n["node_id"]: sorted(k for k in n["resources_total"] if k.startswith("medserve-"))
              for n in nodes}
     out: dict[str, list[str]] = {}
-    for name, d in details(dashboard)["applications"][app]["deployments"].items():
+    for name, d in deployments(dashboard).items():
         out[name] = [",".join(pools.get(r["node_id"], ["?"])) for r in d["replicas"]
                      if r["state"] == "RUNNING"]
     return out
 
 
-def check_placement(dashboard: str, app: str, expected: dict[str, str],
+def check_placement(dashboard: str, expected: dict[str, str],
                     nodes: list[dict[str, Any]]) -> list[str]:
     """Problems: a deployment with a replica outside the pool its manifest's group asks for."""
     problems = []
-    for name, found in placement(dashboard, app, nodes).items():
+    for name, found in placement(dashboard, nodes).items():
         want = expected.get(name)
         wrong = [f for f in found if want not in f.split(",")]
         if not found or wrong:
@@ -234,7 +246,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("dashboard")
     parser.add_argument("config", type=Path)
-    parser.add_argument("--app", default="medserve")
     parser.add_argument("--check-only", action="store_true")
     args = parser.parse_args(argv)
     docs = list(yaml.safe_load_all(args.config.read_text()))
@@ -242,13 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     doc = yaml.safe_load(service["spec"]["serveConfigV2"]) if service else docs[0]
     if not args.check_only:
         deploy(args.dashboard, doc)
-    wait_running(args.dashboard, args.app)
+    wait_running(args.dashboard, [a["name"] for a in doc["applications"]])
     expected = {d["name"]: next(iter(d["ray_actor_options"].get("resources", {"?": 1})))
                 for a in doc["applications"] for d in a["deployments"]}
     r = httpx.get(args.dashboard + "/api/v0/nodes", params={"detail": "1", "limit": "1000"},
                   headers=auth_headers(), timeout=30)
     nodes = [n for n in r.json()["data"]["result"]["result"] if n["state"] == "ALIVE"]
-    problems = check_placement(args.dashboard, args.app, expected, nodes)
+    problems = check_placement(args.dashboard, expected, nodes)
     for line in problems or ["every replica is on the worker group its deployment asks for"]:
         print(line)
     return 1 if problems else 0

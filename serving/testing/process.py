@@ -70,12 +70,17 @@ class ServerProcess:
         return {pid: cmd for pid, cmd in self.session_processes()
                 if cmd.startswith(("ray::ServeReplica:", "ray::ProxyActor"))}
 
-    def replica_pids(self, deployment: str, app: str = "medserve") -> list[int]:
-        """PIDs of the Serve replica processes of one deployment (Ray titles them by actor,
-        with `.method` appended while a task runs)."""
-        title = f"ray::ServeReplica:{app}:{deployment}"
-        return [pid for pid, cmd in self.session_processes()
-                if cmd == title or cmd.startswith(f"{title}.")]
+    def replica_pids(self, deployment: str) -> list[int]:
+        """PIDs of the Serve replica processes of one deployment, in whichever application
+        (Ray titles them `ray::ServeReplica:<app>:<deployment>`, with `.method` appended while
+        a task runs)."""
+        out = []
+        for pid, cmd in self.session_processes():
+            app, _, rest = cmd.removeprefix("ray::ServeReplica:").partition(":")
+            if cmd.startswith("ray::ServeReplica:") and app and \
+                    (rest == deployment or rest.startswith(f"{deployment}.")):
+                out.append(pid)
+        return out
 
     def wait_ready(self, timeout_s: float = 420.0) -> None:
         def ready() -> bool:

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from serving.net import free_port
+from serving.polling import poll_until
 from serving.testing.process import ServerProcess, running_server
 from serving.testing.samples import make_radiograph
 from tests.conftest import MODEL_REPO, ROOT, TEST_LIMITS, linked_repo
@@ -207,11 +208,41 @@ def test_an_admin_loads_and_unloads_an_adapter_under_traffic(
     assert codes and set(codes) == {200}, codes
 
 
-def test_the_repository_index_lists_every_version_and_why_one_is_unavailable(
+class Traffic:
+    """cxr-triage predictions, two at a time, until the block ends: every status kept."""
+
+    def __init__(self, auth: AuthServer) -> None:
+        self.auth, self.statuses, self.stop = auth, [], threading.Event()
+        self.threads = [threading.Thread(target=self._run) for _ in range(2)]
+
+    def _run(self) -> None:
+        body = make_radiograph()
+        while not self.stop.is_set():
+            try:
+                status = self.auth.call("POST", "/v1/imaging/cxr-triage/predict", "platform",
+                                        content=body,
+                                        headers={"Content-Type": "application/dicom"}).status_code
+            except httpx.HTTPError as exc:
+                status = type(exc).__name__
+            self.statuses.append(status)
+
+    def __enter__(self) -> Traffic:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=180)
+
+
+def test_a_model_is_listed_loaded_and_unloaded_at_run_time_under_traffic(
     auth: AuthServer,
 ) -> None:
-    """Triton's repository index through tritonclient: what is served is READY, a model put
-    in the repository folder after the deploy is listed UNAVAILABLE with the reason."""
+    """Triton's repository extension through tritonclient: a model put in the repository
+    folder after the start is UNAVAILABLE until loaded; loading and unloading it fails no
+    request to the other models and restarts none of their replicas."""
     from tritonclient.http import InferenceServerClient, InferenceServerException
 
     added = auth.repo / "cxr-second"
@@ -220,16 +251,19 @@ def test_the_repository_index_lists_every_version_and_why_one_is_unavailable(
     raw = yaml.safe_load(manifest.read_text())
     manifest.unlink()  # a hard link to the test repository's file: write a new one
     manifest.write_text(yaml.safe_dump({**raw, "name": "cxr-second"}))
-    client = InferenceServerClient(auth.server.host_port)
+    client = InferenceServerClient(auth.server.host_port, network_timeout=300)
+    others = ("Gateway", "cxr-triage-v1", "lung-nodule-ct-v1", "clinical-llm-v1")
+    pids = {d: sorted(auth.server.replica_pids(d)) for d in others}
+    assert all(pids.values()), pids
+    admin = {"Authorization": f"Bearer {auth.keys['platform']}"}
     try:
-        admin = {"Authorization": f"Bearer {auth.keys['platform']}"}
         index = client.get_model_repository_index(headers=admin)
         states = {(e["name"], e["version"]): (e["state"], e.get("reason", "")) for e in index}
         assert states[("cxr-triage", "1")] == ("READY", "")
         assert states[("lung-nodule-ct", "1")] == ("READY", "")
         assert states[("clinical-llm", "1")] == ("READY", "")
         state, reason = states[("cxr-second", "1")]
-        assert state == "UNAVAILABLE" and "not in the deployed application" in reason
+        assert state == "UNAVAILABLE" and "not loaded" in reason
         ready = auth.call("POST", "/v2/repository/index", "platform", json={"ready": True})
         assert ready.status_code == 200
         assert {e["name"] for e in ready.json()} == {"cxr-triage", "lung-nodule-ct",
@@ -242,6 +276,42 @@ def test_the_repository_index_lists_every_version_and_why_one_is_unavailable(
                 client.get_model_repository_index(
                     headers={"Authorization": f"Bearer {auth.keys[tenant]}"} if tenant else {})
             assert refused.value.status() == ("403" if tenant else "401")
+            with pytest.raises(InferenceServerException) as refused:
+                client.load_model("cxr-second", headers={"Authorization": f"Bearer "
+                                                         f"{auth.keys[tenant]}"} if tenant else {})
+            assert refused.value.status() == ("403" if tenant else "401")
+        # What cannot be loaded says why, and changes nothing.
+        for model, config, status in [("no-such-model", None, "404"),
+                                      ("cxr-second", '{"backend": "onnx"}', "400")]:
+            with pytest.raises(InferenceServerException) as refused:
+                client.load_model(model, headers=admin, config=config)
+            assert refused.value.status() == status
+        assert not client.is_model_ready("cxr-second", headers=admin)
+
+        with Traffic(auth) as traffic:
+            client.load_model("cxr-second", headers=admin)
+            assert client.is_model_ready("cxr-second", headers=admin)
+            r = auth.call("POST", "/v1/imaging/cxr-second/predict", "platform",
+                          content=make_radiograph(),
+                          headers={"Content-Type": "application/dicom"})
+            assert r.status_code == 200 and r.json()["model"] == "cxr-second", r.text
+            states = {(e["name"], e["version"]): e["state"]
+                      for e in client.get_model_repository_index(headers=admin)}
+            assert states[("cxr-second", "1")] == "READY"
+            client.unload_model("cxr-second", headers=admin)
+            assert not client.is_model_ready("cxr-second", headers=admin)
+            r = auth.call("POST", "/v1/imaging/cxr-second/predict", "platform",
+                          content=make_radiograph(),
+                          headers={"Content-Type": "application/dicom"})
+            assert r.status_code == 404, r.text
+            time.sleep(2)
+        print(f"\n{len(traffic.statuses)} cxr-triage requests during load and unload")
+        assert traffic.statuses and set(traffic.statuses) == {200}, traffic.statuses
+        assert {d: sorted(auth.server.replica_pids(d)) for d in others} == pids
+        poll_until(lambda: not auth.server.replica_pids("cxr-second-v1"), 60, every_s=1.0)
+        with pytest.raises(InferenceServerException) as refused:
+            client.unload_model("cxr-second", headers=admin)  # no longer loaded
+        assert refused.value.status() == "404"
     finally:
         client.close()
         shutil.rmtree(added)

@@ -20,10 +20,10 @@ import pytest
 
 from loadtests.run.local import edited_repository
 from loadtests.run.overload import Outcome, send
-from serving.app import GATEWAY, deployment_name
 from serving.testing.orthanc import OrthancProcess
 from serving.testing.process import ServerProcess, running_server
 from serving.testing.samples import make_png, make_radiograph
+from serving.topology.applications import GATEWAY, deployment_name
 from tests.conftest import MODEL_REPO, PACS_ENV, ROOT, TEST_JOBS
 from tests.integration.harness import ready_replicas, write_config
 from tests.integration.test_pacs import _analyze, _job, _srs, _store, _wait

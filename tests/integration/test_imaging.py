@@ -12,11 +12,11 @@ import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
-from serving.app import JEMALLOC
 from serving.backends.torch_backend import TorchBackend
 from serving.imaging.pipeline import Payload, make_pipeline
 from serving.repository.store import load_repository
 from serving.testing.samples import make_ct_series, make_png, make_radiograph, zip_series
+from serving.topology.applications import JEMALLOC
 from tests.conftest import MODEL_REPO, TEST_LIMITS, Server
 from tests.integration.harness import binary_infer, metric_total
 from tests.prom import eventually
@@ -197,9 +197,9 @@ def test_server_keeps_serving_after_bad_input_and_docs_are_served(server: Server
 
 
 def test_every_replica_allocates_with_jemalloc_where_it_is_installed(server: Server) -> None:
-    """`ray.allocator: jemalloc` (the default) reaches every worker of the application."""
+    """`ray.allocator: jemalloc` (the default) reaches every worker of every application."""
     pids = [pid for pid, title in server.session_processes()
-            if title.startswith("ray::ServeReplica:medserve:")]
+            if title.startswith("ray::ServeReplica:")]
     assert len(pids) >= 4  # the gateway, two imaging models, the LLM
     for pid in pids:
         mapped = "libjemalloc" in Path(f"/proc/{pid}/maps").read_text()

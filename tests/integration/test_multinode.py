@@ -29,7 +29,6 @@ import psutil
 import pytest
 import yaml
 
-from serving.app import deployment_name
 from serving.deploy.k8s.groups import POOL_UNITS_PER_POD, pool_resource
 from serving.deploy.k8s.rayservice import serve_doc, triton_plan
 from serving.net import free_port
@@ -40,7 +39,7 @@ from serving.testing.cluster import (
     Cluster,
     check_placement,
     deploy,
-    details,
+    deployments,
     local_cluster,
     placement,
     wait_running,
@@ -49,10 +48,10 @@ from serving.testing.cluster import (
     main as cluster_check,
 )
 from serving.testing.samples import make_radiograph
+from serving.topology.applications import deployment_name
 from serving.triton.build import copy_with_backend
 from tests.conftest import MODEL_REPO, ROOT
 
-APP = "medserve"
 CXR = "cxr-triage"
 LLM = "clinical-llm"
 GROUPS = [
@@ -74,8 +73,7 @@ class Deployed:
     llm: str = ""  # the clinical LLM's deployment's name
 
     def running_replicas(self, deployment: str | None = None) -> list[dict[str, Any]]:
-        d = details(self.cluster.dashboard)["applications"][APP]["deployments"][
-            deployment or self.cxr]
+        d = deployments(self.cluster.dashboard)[deployment or self.cxr]
         return [r for r in d["replicas"] if r["state"] == "RUNNING"]
 
 
@@ -107,7 +105,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     doc["http_options"].update(host="127.0.0.1", port=port)
     for app in doc["applications"]:
         app["args"].update(model_repo=str(repo), config=str(config), device="cpu")
-    cxr = next(d["name"] for d in doc["applications"][0]["deployments"]
+    cxr = next(d["name"] for a in doc["applications"] for d in a["deployments"]
                if d["name"].startswith(CXR))
     with local_cluster(tmp / "cluster") as cluster:
         cluster.start_head(cpus=0)
@@ -118,7 +116,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
             cluster.start_worker(name, 1, {pool_resource("imaging"): POOL_UNITS_PER_POD})
         started = time.perf_counter()
         deploy(cluster.dashboard, doc)
-        wait_running(cluster.dashboard, APP)
+        wait_running(cluster.dashboard, [a["name"] for a in doc["applications"]])
         print(f"\nREST deploy to RUNNING: {time.perf_counter() - started:.1f} s")
         by_id = {n["node_id"]: n["node_name"] for n in cluster.alive_nodes()}
         llm = deployment_name(LLM, load_repository(repo).llms[LLM].served_version)
@@ -130,8 +128,8 @@ def test_each_replica_runs_in_the_worker_group_its_manifest_asks_for(deployed: D
     nodes = c.alive_nodes()
     expected = {"Gateway": pool_resource("gateway"), deployed.cxr: pool_resource("imaging"),
                 deployed.llm: pool_resource("llm")}
-    assert check_placement(c.dashboard, APP, expected, nodes) == []
-    found = placement(c.dashboard, APP, nodes)
+    assert check_placement(c.dashboard, expected, nodes) == []
+    found = placement(c.dashboard, nodes)
     print(f"placement: {found}")
     replicas = deployed.running_replicas()
     assert len(replicas) == 2 and len({r["node_id"] for r in replicas}) == 2  # spread
@@ -283,7 +281,8 @@ def test_the_app_keeps_serving_while_the_serve_controller_restarts(deployed: Dep
 
         poll_until(lambda: any(p.pid != controller.pid for p in controllers()), 120,
                    every_s=1.0)
-        wait_running(deployed.cluster.dashboard, APP, timeout_s=120)
+        wait_running(deployed.cluster.dashboard, [a["name"] for a in deployed.doc["applications"]],
+                     timeout_s=120)
         time.sleep(3)
     statuses = [s for _, s, _ in load.results]
     print(f"\ncontroller {controller.pid} killed: {len(statuses)} requests, all answered "

@@ -47,6 +47,12 @@ def serve_config_v2(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return doc
 
 
+def deployments(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every deployment of serveConfigV2, across its applications (a gateway, one per model
+    version)."""
+    return [d for a in serve_config_v2(docs)["applications"] for d in a["deployments"]]
+
+
 def groups(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Group name ('head' for the head) -> its group spec."""
     cluster = rayservice(docs)["spec"]["rayClusterConfig"]

@@ -17,13 +17,13 @@ from ray.serve._private.build_app import build_app as build_serve_app
 from ray.serve.schema import ServeDeploySchema
 from typer.testing import CliRunner
 
-from serving.app import AppArgs, deployment_name
 from serving.cli.main import app as cli
 from serving.deploy.k8s import pods
 from serving.deploy.k8s.groups import MAX_SURGE_PERCENT
 from serving.repository.store import load_cluster_config, load_repository
+from serving.topology.applications import AppArgs, ModelAppArgs, deployment_name
 from tests.conftest import MODEL_REPO, ROOT
-from tests.k8s.manifests import groups, rayservice, serve_config_v2
+from tests.k8s.manifests import deployments, groups, rayservice, serve_config_v2
 
 CONFIG = ROOT / "medserve.yaml"
 SETTINGS = load_cluster_config(CONFIG).kubernetes
@@ -72,19 +72,21 @@ def test_rayservice_uses_only_known_kuberay_v1_fields(
 
 
 @pytest.fixture(scope="module")
-def built_deployments(rendered: dict[str, list[dict[str, Any]]]) -> set[str]:
-    """Deployment names of the application serveConfigV2's import path builds (locally)."""
-    (application,) = serve_config_v2(rendered["local"])["applications"]
-    module, attr = application["import_path"].split(":")
-    builder = getattr(importlib.import_module(module), attr)
-    args = {**application["args"], "model_repo": str(MODEL_REPO), "config": str(CONFIG),
-            "device": "cpu"}
-    built = build_serve_app(builder(args), name=application["name"])
-    return {d.name for d in built.deployments}
+def built_deployments(rendered: dict[str, list[dict[str, Any]]]) -> dict[str, set[str]]:
+    """Application -> the deployment names its import path builds (locally)."""
+    out = {}
+    for application in serve_config_v2(rendered["local"])["applications"]:
+        module, attr = application["import_path"].split(":")
+        builder = getattr(importlib.import_module(module), attr)
+        args = {**application["args"], "model_repo": str(MODEL_REPO), "config": str(CONFIG),
+                "device": "cpu"}
+        built = build_serve_app(builder(args), name=application["name"])
+        out[application["name"]] = {d.name for d in built.deployments}
+    return out
 
 
 def test_serve_config_v2_is_valid_for_ray_and_its_application_builder(
-    rendered: dict[str, list[dict[str, Any]]], built_deployments: set[str],
+    rendered: dict[str, list[dict[str, Any]]], built_deployments: dict[str, set[str]],
 ) -> None:
     for name, docs in rendered.items():
         config = serve_config_v2(docs)
@@ -93,12 +95,15 @@ def test_serve_config_v2_is_valid_for_ray_and_its_application_builder(
         for application in config["applications"]:
             module, attr = application["import_path"].split(":")
             assert callable(getattr(importlib.import_module(module), attr))
-            args = AppArgs.model_validate(application["args"])  # the builder's own schema
+            schema = AppArgs if application["route_prefix"] == "/" else ModelAppArgs
+            args = schema.model_validate(application["args"])  # the builder's own schema
             assert args.model_repo == pods.MODELS_DIR
             assert args.config == pods.IMAGE_CONFIG
             assert args.device == SETTINGS.overlays[name].device
             # Serve rejects options for a deployment the builder does not create.
-            assert {d["name"] for d in application["deployments"]} == built_deployments
+            assert {d["name"] for d in application["deployments"]} \
+                == built_deployments[application["name"]]
+        assert set(built_deployments) == {a["name"] for a in config["applications"]}
 
 
 def test_serve_config_v2_is_build_config_k8s_plus_placement(
@@ -151,10 +156,9 @@ def test_ray_autoscaler_places_every_replica_on_exactly_one_group(
 ) -> None:
     for name, docs in rendered.items():
         types = node_types_of(rayservice(docs)["spec"]["rayClusterConfig"])
-        (application,) = serve_config_v2(docs)["applications"]
         low: dict[str, list[dict[str, float]]] = {t: [] for t in types}
         high: dict[str, list[dict[str, float]]] = {t: [] for t in types}
-        for d in application["deployments"]:
+        for d in deployments(docs):
             actor = d["ray_actor_options"]
             need = {"CPU": actor.get("num_cpus", 1), "GPU": actor.get("num_gpus", 0),
                     **actor["resources"]}
@@ -189,9 +193,7 @@ def test_gpu_groups_request_whole_gpus_and_replicas_their_manifest_fraction(
         fraction |= {deployment_name(m.name, m.served_version): m.resources.gpus
                      for m in repo.llms.values()}
         wanted = {g.name: g for g in overlay.worker_groups}
-        (application,) = serve_config_v2(docs)["applications"]
-        gpus = {d["name"]: d["ray_actor_options"].get("num_gpus", 0)
-                for d in application["deployments"]}
+        gpus = {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in deployments(docs)}
         for deployment, expected in fraction.items():
             assert gpus[deployment] == (expected if overlay.device == "cuda" else 0)
         for group_name, group in groups(docs).items():
@@ -212,9 +214,8 @@ def test_gpu_groups_request_whole_gpus_and_replicas_their_manifest_fraction(
 def test_production_has_an_imaging_and_an_llm_gpu_group(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
-    (application,) = serve_config_v2(rendered["production"])["applications"]
     pool = {d["name"]: next(iter(d["ray_actor_options"]["resources"]))
-            for d in application["deployments"]}
+            for d in deployments(rendered["production"])}
     assert pool["Gateway"] == "medserve-pool-gateway"
     assert pool["cxr-triage-v1"] == pool["lung-nodule-ct-v1"] == "medserve-pool-imaging-gpu"
     if "clinical-llm-v1" in pool:

@@ -13,12 +13,20 @@ from typing import Any
 
 import pytest
 
-from serving.app import GATEWAY
 from serving.deploy.k8s import pods
 from serving.deploy.k8s.groups import pool_resource
 from serving.repository.store import load_cluster_config, load_repository
+from serving.topology.applications import GATEWAY
 from tests.conftest import MODEL_REPO, ROOT
-from tests.k8s.manifests import by_kind, groups, ray_pods, rayservice, selects, serve_config_v2
+from tests.k8s.manifests import (
+    by_kind,
+    deployments,
+    groups,
+    ray_pods,
+    rayservice,
+    selects,
+    serve_config_v2,
+)
 
 SETTINGS = load_cluster_config(ROOT / "medserve.yaml")
 CHECK = f"medserve models check --repo {pods.MODELS_DIR}"
@@ -66,8 +74,7 @@ def test_graceful_shutdown_outlasts_serve_draining(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     for name, docs in rendered.items():
-        (application,) = serve_config_v2(docs)["applications"]
-        drain = max(d.get("graceful_shutdown_timeout_s", 20) for d in application["deployments"])
+        drain = max(d.get("graceful_shutdown_timeout_s", 20) for d in deployments(docs))
         for pod in ray_pods(docs, name):
             hook = " ".join(pod["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"])
             sleep, grace = map(int, re.search(r"sleep (\d+).*--grace-period (\d+)", hook).groups())
@@ -80,10 +87,10 @@ def test_weights_are_delivered_read_only_and_checked_before_ray_starts(
 ) -> None:
     for name, docs in rendered.items():
         overlay = SETTINGS.kubernetes.overlays[name]
-        (application,) = serve_config_v2(docs)["applications"]
-        assert application["args"]["model_repo"] == pods.MODELS_DIR
+        assert {a["args"]["model_repo"] for a in serve_config_v2(docs)["applications"]} \
+            == {pods.MODELS_DIR}
         pool = {d["name"]: next(iter(d["ray_actor_options"]["resources"]))
-                for d in application["deployments"]}
+                for d in deployments(docs)}
         for group, spec in groups(docs).items():
             hosts_models = any(p == pool_resource(group) and d != GATEWAY
                                for d, p in pool.items())

@@ -14,14 +14,15 @@ import pytest
 import yaml
 from ray.serve._private.build_app import build_app as build_serve_app
 
-from serving.app import build_app, deployment_name
+from serving.app import build_model
 from serving.deploy.k8s import pods
 from serving.deploy.k8s.render import render
 from serving.errors import ModelLoadError
 from serving.repository.store import load_cluster_config
+from serving.topology.applications import deployment_name
 from serving.triton.model_config import parse
 from tests.conftest import MODEL_REPO, ROOT
-from tests.k8s.manifests import groups, serve_config_v2
+from tests.k8s.manifests import deployments, groups, serve_config_v2
 from tests.k8s.test_security import _stage
 
 CONFIG = ROOT / "medserve.yaml"
@@ -47,9 +48,7 @@ def test_production_serves_its_triton_models_from_a_sidecar_on_their_group(
 ) -> None:
     docs = rendered["production"]
     assert OVERLAY.backends == {"cxr-triage": "triton"}
-    (application,) = serve_config_v2(docs)["applications"]
-    deployments = {d["name"]: d for d in application["deployments"]}
-    cxr = deployments[deployment_name("cxr-triage", "1")]
+    cxr = {d["name"]: d for d in deployments(docs)}[deployment_name("cxr-triage", "1")]
     group = next(iter(cxr["ray_actor_options"]["resources"])).removeprefix("medserve-pool-")
     for name, spec in groups(docs).items():
         containers = _containers(spec)
@@ -58,8 +57,9 @@ def test_production_serves_its_triton_models_from_a_sidecar_on_their_group(
             continue
         ray, triton = containers["ray-worker"], containers["triton"]
         # The replicas call the sidecar of their own pod, on its gRPC port.
-        assert application["args"]["triton_url"] == f"127.0.0.1:{_port(triton, 'triton-grpc')}"
-        assert application["args"]["backends"] == OVERLAY.backends
+        gateway = serve_config_v2(docs)["applications"][0]
+        assert gateway["args"]["triton_url"] == f"127.0.0.1:{_port(triton, 'triton-grpc')}"
+        assert gateway["args"]["backends"] == OVERLAY.backends
         # The GPU of a triton-backend replica is Triton's, not Ray's.
         assert cxr["ray_actor_options"]["num_gpus"] == 0
         limits = triton["resources"]["limits"]
@@ -103,13 +103,15 @@ def test_production_serves_its_triton_models_from_a_sidecar_on_their_group(
 def test_the_application_builder_takes_the_overlays_backend_choice(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
-    (application,) = serve_config_v2(rendered["production"])["applications"]
-    args = {**application["args"], "model_repo": str(MODEL_REPO), "config": str(CONFIG),
-            "device": "cpu"}
-    built = build_serve_app(build_app(args), name=application["name"])
-    bound = {d.name: d.init_args for d in built.deployments}
+    bound = {}
+    gateway, *models = serve_config_v2(rendered["production"])["applications"]
+    for application in models:
+        args = {**application["args"], "model_repo": str(MODEL_REPO), "config": str(CONFIG),
+                "device": "cpu"}
+        built = build_serve_app(build_model(args), name=application["name"])
+        bound |= {d.name: d.init_args for d in built.deployments}
     # ImagingModel(repo_root, model, version, triton_url, backend)
-    assert bound[deployment_name("cxr-triage", "1")][3:] == (application["args"]["triton_url"],
+    assert bound[deployment_name("cxr-triage", "1")][3:] == (gateway["args"]["triton_url"],
                                                              "triton")
     assert bound[deployment_name("lung-nodule-ct", "1")][4] == "torch"
 

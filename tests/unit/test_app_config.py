@@ -9,7 +9,10 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 from typer.testing import CliRunner
 
-from serving.app import (
+from serving.cli.main import app
+from serving.repository.store import load_repository
+from serving.schema.cluster import ClusterConfig
+from serving.topology.applications import (
     GATEWAY,
     JEMALLOC,
     deployment_name,
@@ -17,9 +20,6 @@ from serving.app import (
     serve_config,
     worker_env,
 )
-from serving.cli.main import app
-from serving.repository.store import load_repository
-from serving.schema.cluster import ClusterConfig
 from tests.conftest import MODEL_REPO, ROOT
 
 runner = CliRunner()
@@ -28,16 +28,22 @@ runner = CliRunner()
 def test_serve_config_is_valid_for_ray_and_follows_the_manifests() -> None:
     doc = serve_config(str(MODEL_REPO), None, "local")
     schema = ServeDeploySchema.model_validate(doc)
-    application = schema.applications[0]
-    assert application.import_path == "serving.app:build_app"
-    names = {d.name for d in application.deployments}
+    gateway, *models = schema.applications
+    assert gateway.import_path == "serving.app:build_app" and gateway.route_prefix == "/"
+    assert [d.name for d in gateway.deployments] == [GATEWAY]
+    # One application per model version, one deployment each, no HTTP route of its own.
+    assert {a.import_path for a in models} == {"serving.app:build_model"}
+    assert all(a.route_prefix is None and len(a.deployments) == 1 for a in models)
+    names = {a.deployments[0].name for a in models}
     repo = load_repository(MODEL_REPO)
-    expected = {deployment_name(m.name, v.version) for m, v in repo.iter_versions()} | {GATEWAY}
+    expected = {deployment_name(m.name, v.version) for m, v in repo.iter_versions()}
     expected |= {deployment_name(m.name, m.served_version) for m in repo.llms.values()}
-    assert names == expected
+    assert names == expected == {a.name for a in models}
+    served = doc["applications"][0]["deployments"][0]["user_config"]["served"]
+    assert {deployment_name(m, v) for m, vs in served.items() for v in vs} == expected
     cxr = repo.manifest("cxr-triage")
-    entry = next(d for d in doc["applications"][0]["deployments"]
-                 if d["name"] == deployment_name("cxr-triage", cxr.served_version))
+    entry = next(a["deployments"][0] for a in doc["applications"]
+                 if a["name"] == deployment_name("cxr-triage", cxr.served_version))
     assert entry["max_ongoing_requests"] == cxr.scaling.max_ongoing_requests
     assert entry["ray_actor_options"]["num_cpus"] == cxr.resources.cpus
     # the proxy's timeout covers an upload and then the processing, each with its own
@@ -52,21 +58,22 @@ def test_gpu_fraction_comes_from_the_manifest_only_where_gpus_are_used() -> None
     assert deployment_options(ct, gpu=True)["ray_actor_options"]["num_gpus"] == ct.resources.gpus
     assert deployment_options(ct, gpu=False)["ray_actor_options"]["num_gpus"] == 0
     k8s = serve_config(str(MODEL_REPO), None, "k8s")
-    assert k8s["applications"][0]["args"]["device"] == "cuda"
+    assert {a["args"]["device"] for a in k8s["applications"]} == {"cuda"}
     assert k8s["http_options"]["host"] == "0.0.0.0"
 
 
 def test_the_workers_allocator_is_jemalloc_where_installed_and_always_in_the_image(
     tmp_path: Path,
 ) -> None:
-    k8s = serve_config(str(MODEL_REPO), None, "k8s")["applications"][0]
-    assert k8s["runtime_env"]["env_vars"]["LD_PRELOAD"] == JEMALLOC
-    ServeDeploySchema.model_validate({"applications": [k8s]})
-    local = serve_config(str(MODEL_REPO), None, "local")["applications"][0]
-    assert ("runtime_env" in local) == Path(JEMALLOC).exists()
+    k8s = serve_config(str(MODEL_REPO), None, "k8s")["applications"]
+    assert {a["runtime_env"]["env_vars"]["LD_PRELOAD"] for a in k8s} == {JEMALLOC}
+    ServeDeploySchema.model_validate({"applications": k8s})
+    local = serve_config(str(MODEL_REPO), None, "local")["applications"]
+    assert {"runtime_env" in a for a in local} == {Path(JEMALLOC).exists()}
     system = tmp_path / "medserve.yaml"
     system.write_text(yaml.safe_dump({"ray": {"allocator": "system"}}))
-    assert "runtime_env" not in serve_config(str(MODEL_REPO), str(system), "k8s")["applications"][0]
+    assert not any("runtime_env" in a
+                   for a in serve_config(str(MODEL_REPO), str(system), "k8s")["applications"])
     assert worker_env(ClusterConfig.model_validate({"ray": {"allocator": "system"}}), "k8s") == {}
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.app import deployment_name, deployment_options, serve_config
 from serving.errors import ModelLoadError
 from serving.llm.engine import select_engine
 from serving.llm.vllm_engine import engine_args
 from serving.repository.store import load_repository
+from serving.topology.applications import deployment_name, deployment_options, serve_config
 from tests.conftest import MODEL_REPO
 
 LLM = "clinical-llm"
@@ -84,7 +84,7 @@ def test_llm_deployment_options_come_from_the_manifest() -> None:
     assert opts["ray_actor_options"]["num_gpus"] == 0
     assert deployment_options(m, gpu=True)["ray_actor_options"]["num_gpus"] == m.resources.gpus
     doc = serve_config(str(MODEL_REPO), None, "local")
-    names = [d["name"] for d in doc["applications"][0]["deployments"]]
+    names = [d["name"] for a in doc["applications"] for d in a["deployments"]]
     assert deployment_name(LLM, m.served_version) in names
 
 

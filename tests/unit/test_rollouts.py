@@ -16,16 +16,23 @@ from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 from typer.testing import CliRunner
 
-from serving.app import GATEWAY, deployment_name, deployment_options, serve_config
 from serving.cli.main import app
 from serving.deployments.gateway import Gateway
 from serving.errors import ModelLoadError, ModelNotFound
-from serving.gateway.targets import handle_key
-from serving.gateway.traffic import Routing, pick, revision, routing
+from serving.gateway.traffic import pick
 from serving.repository.rollout import parse_weights, set_traffic
 from serving.repository.store import load_repository
 from serving.schema.imaging import ModelManifest
 from serving.schema.llm import LLMManifest
+from serving.topology.applications import (
+    GATEWAY,
+    Routing,
+    deployment_options,
+    model_app,
+    routing,
+    serve_config,
+    with_model,
+)
 from tests.canary import MODEL, canary_repo
 from tests.conftest import MODEL_REPO
 
@@ -75,48 +82,71 @@ def test_routing_rejects_non_positive_weights() -> None:
         Routing(traffic={MODEL: {}})
 
 
-def test_split_goes_to_the_gateway_user_config_and_leaves_model_deployments_alone(
+def _apps(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {a["name"]: a for a in doc["applications"]}
+
+
+def test_split_goes_to_the_gateway_user_config_and_leaves_model_applications_alone(
     tmp_path: Path,
 ) -> None:
     repo = canary_repo(tmp_path / "repo", traffic={"1": 90, "2": 10})
-    before = serve_config(str(repo), None)
-    ServeDeploySchema.model_validate(before)
+    before = _apps(serve_config(str(repo), None))
+    ServeDeploySchema.model_validate({"applications": list(before.values())})
     set_traffic(repo, MODEL, {"1": 100})
-    after = serve_config(str(repo), None)
-    (app_before,), (app_after,) = before["applications"], after["applications"]
-    gateway = {d["name"]: d for d in app_after["deployments"]}[GATEWAY]
-    assert gateway["user_config"] == {"traffic": {MODEL: {"1": 100}}}
-    # Same revision (Serve's code version) and same model deployments: nothing restarts.
-    assert app_before["args"]["revision"] == app_after["args"]["revision"]
-    models = [d for d in app_after["deployments"] if d["name"] != GATEWAY]
-    assert models == [d for d in app_before["deployments"] if d["name"] != GATEWAY]
-    assert {d["name"] for d in models} == {deployment_name(MODEL, "1"), deployment_name(MODEL, "2")}
-    # Anything else in a manifest changes the revision, so Serve rebuilds the app.
+    after = _apps(serve_config(str(repo), None))
+    (gateway,) = after["medserve"]["deployments"]
+    assert gateway["name"] == GATEWAY and gateway["user_config"]["traffic"][MODEL] == {"1": 100}
+    assert gateway["user_config"]["served"][MODEL] == ["1", "2"]
+    # Every application's config (Serve's code version: import path, args) is unchanged, so
+    # Serve restarts nothing; the gateway takes the new split in `reconfigure`.
+    for name, application in after.items():
+        assert application["args"] == before[name]["args"], name
+    assert {model_app(MODEL, "1"), model_app(MODEL, "2")} <= set(after)
+
+
+def test_a_manifest_change_rebuilds_only_the_applications_it_touches(tmp_path: Path) -> None:
+    repo = canary_repo(tmp_path / "repo", traffic={"1": 90, "2": 10})
+    before = _apps(serve_config(str(repo), None))
     manifest = repo / MODEL / "manifest.yaml"
+    doc = yaml.safe_load(manifest.read_text())
+    doc["versions"].append({**doc["versions"][-1], "version": "3"})
+    manifest.write_text(yaml.safe_dump(doc))
+    added = _apps(serve_config(str(repo), None))
+    assert set(added) - set(before) == {model_app(MODEL, "3")}  # a version imported
+    assert all(added[n]["args"] == a["args"] for n, a in before.items()), "nothing else rolls"
     manifest.write_text(manifest.read_text().replace("description: Chest", "description: CXR"))
-    assert revision(load_repository(repo), None) != app_after["args"]["revision"]
+    edited = _apps(serve_config(str(repo), None))
+    changed = {n for n, a in edited.items() if a["args"] != added[n]["args"]}
+    assert changed == {model_app(MODEL, v) for v in ("1", "2", "3")}  # this model's only
 
 
-def test_gateway_reconfigure_swaps_the_split_and_pins_win(tmp_path: Path) -> None:
+def test_gateway_reconfigure_swaps_the_routing_and_pins_win(tmp_path: Path) -> None:
     repo = canary_repo(tmp_path / "repo", traffic={"1": 50, "2": 50})
-    handles: dict[str, Any] = {handle_key(MODEL, v): f"handle-{v}" for v in ("1", "2")}
     # The class under Serve's ASGI ingress wrapper (whose __init__ starts the FastAPI app).
     cls = next(c for c in Gateway.func_or_class.__mro__  # type: ignore[attr-defined]
                if "reconfigure" in vars(c)
                and not inspect.iscoroutinefunction(vars(c).get("__init__")))
-    gw = cls(str(repo), {}, handles)
-    gw.reconfigure(routing(load_repository(repo)).model_dump())
+    gw = cls({"model_repo": str(repo)}, {})
+    route = routing(load_repository(repo))
+    gw.reconfigure(route.model_dump())
     seen = {gw.resolve(MODEL).version for _ in range(200)}
     assert seen == {"1", "2"}  # each with p=0.5: both missing is a 2^-199 event
-    gw.reconfigure({"traffic": {MODEL: {"1": 100}}})
-    assert gw.routing() == {"traffic": {MODEL: {"1": 100}}}
+    canary_off = {**route.model_dump(), "traffic": {MODEL: {"1": 100}}}
+    gw.reconfigure(canary_off)
+    assert gw.routing() == canary_off
     assert {gw.resolve(MODEL).version for _ in range(200)} == {"1"}
     assert {gw.resolve(MODEL, "2").version for _ in range(20)} == {"2"}  # a pin beats the split
     with pytest.raises(ModelNotFound):
         gw.resolve(MODEL, "3")
     with pytest.raises(ValueError, match="unserved"):
-        gw.reconfigure({"traffic": {MODEL: {"3": 100}}})
-    assert gw.routing() == {"traffic": {MODEL: {"1": 100}}}  # a bad split changes nothing
+        gw.reconfigure({**canary_off, "traffic": {MODEL: {"3": 100}}})
+    assert gw.routing() == canary_off  # a bad routing changes nothing
+    unloaded = with_model(Routing.model_validate(canary_off), load_repository(repo), MODEL,
+                          loaded=False)
+    gw.reconfigure(unloaded.model_dump())
+    with pytest.raises(ModelNotFound):
+        gw.resolve(MODEL)
+    assert MODEL not in gw.manifests and gw.jobs.manifests is gw.manifests
 
 
 def test_rollout_cli_edits_one_line_keeps_comments_and_refuses_bad_splits(

@@ -219,7 +219,7 @@ def test_server_command_uses_the_wheel_binary_and_this_interpreter(tmp_path: Pat
 
 
 def test_triton_backend_replicas_leave_the_gpu_to_triton(repo: Repository) -> None:
-    from serving.app import deployment_options
+    from serving.topology.applications import deployment_options
 
     cxr = repo.manifest("cxr-triage")
     assert cxr.resources.gpus > 0

@@ -13,13 +13,13 @@ from typing import Any
 import ray
 import yaml
 
-from serving.app import GATEWAY, deployment_name, serve_config
 from serving.deploy.k8s import groups as g
 from serving.deploy.k8s import pods
 from serving.errors import ModelLoadError
 from serving.repository.store import load_repository
 from serving.schema.cluster import ClusterConfig
 from serving.schema.kubernetes import Overlay
+from serving.topology.applications import GATEWAY, deployment_name, serve_config
 
 API_VERSION = "ray.io/v1"
 
