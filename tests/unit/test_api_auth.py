@@ -82,7 +82,7 @@ def make_app(auth: Auth | None, audit: AuditLog | None = None) -> FastAPI:
         return [m for m in ("clinical-llm", "clinical-llm:lung-oncology") if allowed(request, m)]
 
     app.add_middleware(RequestMetrics, metrics=Recorder(),  # type: ignore[arg-type]
-                       labels=ModelLabels.from_manifests([Manifest(n) for n in KNOWN]),
+                       labels=lambda: ModelLabels.from_manifests([Manifest(n) for n in KNOWN]),
                        audit=audit)
     return app
 

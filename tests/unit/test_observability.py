@@ -117,7 +117,7 @@ def recorded() -> tuple[TestClient, Recorder]:
 
     recorder = Recorder()
     app.add_middleware(RequestMetrics, metrics=recorder,  # type: ignore[arg-type]
-                       labels=metrics.ModelLabels.from_manifests(MANIFESTS))
+                       labels=lambda: metrics.ModelLabels.from_manifests(MANIFESTS))
     return TestClient(app, raise_server_exceptions=False), recorder
 
 
