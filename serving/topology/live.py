@@ -129,7 +129,7 @@ class LiveRepository:
             new = {a["name"]: a for a in model_applications(
                 repo, name, self.args, self.gpu,
                 configs[self.config.app_name].get("runtime_env"))}
-            step = {k: c for k, c in configs.items() if k not in old - set(new)} | new
+            step = configs | new  # a version the manifest dropped keeps serving until routed
             await asyncio.to_thread(deploy, list(step.values()))
             try:
                 await wait_running(set(new), self.timeout_s)
@@ -137,6 +137,8 @@ class LiveRepository:
                 await asyncio.to_thread(deploy, list(configs.values()))  # as it was
                 raise
             await self._route(step, with_model(self.routed(), repo, name, loaded=True))
+            if dropped := old - set(new):  # `step` now holds the gateway's new routing
+                await asyncio.to_thread(deploy, [c for k, c in step.items() if k not in dropped])
             log.info("model %s loaded: applications %s", name, sorted(new))
 
     async def _unload(self, repo: Repository, name: str) -> None:
@@ -144,5 +146,6 @@ class LiveRepository:
             configs = await asyncio.to_thread(deployed_configs)
             gone = {model_app(name, v) for v in self.routed().served.get(name, [])}
             await self._route(configs, with_model(self.routed(), repo, name, loaded=False))
+            # `configs` now holds the gateway's new routing: only the model's apps go.
             await asyncio.to_thread(deploy, [c for k, c in configs.items() if k not in gone])
             log.info("model %s unloaded: applications %s removed", name, sorted(gone))
