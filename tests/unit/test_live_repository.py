@@ -55,6 +55,11 @@ def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeServe:
     return fake
 
 
+def _edit_manifest(repo: Path, **changes: Any) -> None:
+    manifest = repo / MODEL / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump({**yaml.safe_load(manifest.read_text()), **changes}))
+
+
 def _live(serve: FakeServe, repo: Path) -> live.LiveRepository:
     return live.LiveRepository(AppArgs(model_repo=str(repo)), ClusterConfig(),
                                lambda: serve.route, timeout_s=5)
@@ -86,10 +91,8 @@ def test_a_version_dropped_from_the_manifest_serves_until_the_gateway_stops_rout
     serve: FakeServe, tmp_path: Path,
 ) -> None:
     repo = tmp_path / "repo"
-    manifest = repo / MODEL / "manifest.yaml"
-    doc = yaml.safe_load(manifest.read_text())
-    doc["versions"], doc["default_version"] = doc["versions"][1:], "2"  # only "2" left
-    manifest.write_text(yaml.safe_dump(doc))
+    versions = load_repository(repo).manifest(MODEL).model_dump(mode="json")["versions"]
+    _edit_manifest(repo, versions=versions[1:], default_version="2")  # only "2" left
     asyncio.run(_live(serve, repo).load(load_repository(repo), MODEL))
     (_, started), (_, routed), (_, removed) = serve.log
     assert model_app(MODEL, "1") in started and model_app(MODEL, "1") in routed
@@ -101,10 +104,8 @@ def test_a_failed_start_puts_everything_back_and_names_it(
     serve: FakeServe, tmp_path: Path,
 ) -> None:
     repo = tmp_path / "repo"
-    manifest = repo / MODEL / "manifest.yaml"
-    doc = yaml.safe_load(manifest.read_text())
-    doc["versions"].append({**doc["versions"][-1], "version": "3"})
-    manifest.write_text(yaml.safe_dump(doc))
+    versions = load_repository(repo).manifest(MODEL).model_dump(mode="json")["versions"]
+    _edit_manifest(repo, versions=[*versions, {**versions[-1], "version": "3"}])
     (repo / MODEL / "3").symlink_to(repo / MODEL / "2")
     serve.fail = {model_app(MODEL, "3")}
     before, route = serve.deployed_configs(), serve.route
