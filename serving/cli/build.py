@@ -131,7 +131,7 @@ def build_observability(
 
     try:
         repository = load_repository(repo)
-        manifests = [*repository.models.values(), *repository.llms.values()]
+        manifests = list(repository.all_manifests.values())
     except ModelLoadError as exc:
         raise fail(exc.message) from None
     files = {

@@ -67,7 +67,7 @@ class ImagingModel:
             self.backend = NotLoaded(f"{model} version {version} failed to load")
         self.pipeline = make_pipeline(self.manifest)
         # Buckets from the whole repository: every process must register identical buckets.
-        models = [*repo.models.values(), *repo.llms.values()]
+        models = list(repo.all_manifests.values())
         self.metrics = ModelMetrics(
             model, version, latency_buckets(models), batch_buckets(models)
         )

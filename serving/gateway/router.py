@@ -210,7 +210,7 @@ class Router:
     def _metrics(self) -> AdmissionMetrics:
         # Made on first use: Ray's metric objects need the replica this runs in.
         if self._admission_metrics is None:
-            manifests = [*self.repo.models.values(), *self.repo.llms.values()]
+            manifests = list(self.repo.all_manifests.values())
             self._admission_metrics = AdmissionMetrics(latency_buckets(manifests),
                                                        self._admission_stats)
         return self._admission_metrics

@@ -117,15 +117,13 @@ class RequestMetrics:
 
 def install_metrics(app: FastAPI, gateway: GatewayAPI) -> None:
     """Add the middleware last so it is the outermost one: it times everything else."""
-    manifests = [*gateway.repo.models.values(), *gateway.repo.llms.values()]
-    metrics = GatewayMetrics(latency_buckets(manifests))
+    metrics = GatewayMetrics(latency_buckets(gateway.repo.all_manifests.values()))
     built: list[tuple[Repository, ModelLabels]] = []
 
     def labels() -> ModelLabels:  # built again only when the gateway reads the repository
         repo = gateway.repo
         if not built or built[0][0] is not repo:
-            built[:] = [(repo, ModelLabels.from_manifests([*repo.models.values(),
-                                                          *repo.llms.values()]))]
+            built[:] = [(repo, ModelLabels.from_manifests(repo.all_manifests.values()))]
         return built[0][1]
 
     app.add_middleware(RequestMetrics, metrics=metrics, labels=labels,

@@ -67,6 +67,11 @@ class Repository:
     def manifest(self, name: str) -> ModelManifest:
         return self.models[name]
 
+    @property
+    def all_manifests(self) -> dict[str, ModelManifest | LLMManifest]:
+        """Every model by name: imaging, then LLMs."""
+        return {**self.models, **self.llms}
+
     def version_dir(self, name: str, version: str) -> Path:
         return self.root / name / version
 

@@ -133,19 +133,15 @@ def served_versions(manifest: ModelManifest | LLMManifest) -> list[str]:
     return [v.version for v in manifest.versions]
 
 
-def _manifests(repo: Repository) -> dict[str, ModelManifest | LLMManifest]:
-    return {**repo.models, **repo.llms}
-
-
 def _manifests_digest(repo: Repository) -> str:
     return _digest(m.model_dump(mode="json", exclude={"traffic"})
-                   for m in _manifests(repo).values())
+                   for m in repo.all_manifests.values())
 
 
 def routing(repo: Repository) -> Routing:
     """The gateway's user_config with every model of the repository served."""
     return Routing(
-        served={n: served_versions(m) for n, m in _manifests(repo).items()},
+        served={n: served_versions(m) for n, m in repo.all_manifests.items()},
         traffic={n: m.traffic_split for n, m in repo.models.items()},
         manifests=_manifests_digest(repo),
     )
@@ -158,7 +154,7 @@ def with_model(route: Routing, repo: Repository, name: str, loaded: bool) -> Rou
     served.pop(name, None)
     traffic.pop(name, None)
     if loaded:
-        manifest = _manifests(repo)[name]
+        manifest = repo.all_manifests[name]
         served[name] = served_versions(manifest)
         if isinstance(manifest, ModelManifest):
             traffic[name] = manifest.traffic_split
@@ -243,7 +239,7 @@ def model_applications(
 ) -> list[dict[str, Any]]:
     """The applications of one model: one per version it serves (`served_versions`). Their
     args name this model only, so a change to another model's leaves them as they are."""
-    manifest = _manifests(repo)[name]
+    manifest = repo.all_manifests[name]
     base: dict[str, Any] = {"model_repo": args.model_repo}
     if args.device is not None:
         base["device"] = args.device
@@ -304,7 +300,7 @@ def serve_config(
     runtime_env = {"env_vars": env} if env else None
     gpu = target == "k8s" or use_gpu(config.device)
     applications = [gateway_application(config, args, routing(repo), runtime_env)]
-    for name in [*repo.models, *repo.llms]:
+    for name in repo.all_manifests:
         applications += model_applications(repo, name, args, gpu, runtime_env)
     http = config.http
     return {

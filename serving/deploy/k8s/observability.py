@@ -23,7 +23,7 @@ GRAFANA_DASHBOARD_LABEL = {"grafana_dashboard": "1"}
 def prometheus_rule(repository: Repository) -> dict[str, Any]:
     from serving.observability import slo
 
-    manifests = [*repository.models.values(), *repository.llms.values()]
+    manifests = list(repository.all_manifests.values())
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
