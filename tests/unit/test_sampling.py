@@ -11,7 +11,7 @@ from transformers.generation.continuous_batching.cb_logits_processors import (
 )
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from serving.llm.sampling import RowTopK, RowTopP, row_wise
+from serving.llm.sampling import GREEDY, NO_SEED, RowSampler, RowTopK, RowTopP, row_wise, seed_for
 
 VOCAB = 2000
 
@@ -53,3 +53,28 @@ def test_row_top_p_is_the_warper(top_ps: list[float]) -> None:
     assert torch.equal(got, expected)
     if any(p < 1 for p in top_ps):  # the test can fail: top-p removed something
         assert bool((got == float("-inf")).sum() > (x == float("-inf")).sum())
+
+
+def test_row_sampler_draws_sampled_rows_and_leaves_greedy_ones() -> None:
+    sampler = RowSampler()
+    x = scores(4, 3)
+    arg = torch.tensor([GREEDY, NO_SEED, seed_for(7, 12), seed_for(7, 12), 0, 0],
+                       dtype=torch.int32)
+    out = sampler(x, arg)
+    assert torch.equal(out[0], x[0])  # greedy: the manager's argmax takes the maximum
+    for row in (1, 2, 3):  # one-hot: argmax takes the drawn token
+        assert int((out[row] > float("-inf")).sum()) == 1
+    # The same seed and position draw the same token from the same scores; the input is kept.
+    assert int(out[2].argmax()) == int(sampler(x[2:3], arg[2:3])[0].argmax())
+    assert torch.equal(x, scores(4, 3))
+    assert sampler(x, torch.full((6,), GREEDY, dtype=torch.int32)) is x  # no draw at all
+
+
+def test_row_sampler_draws_from_the_row_distribution() -> None:
+    torch.manual_seed(0)
+    probs = torch.tensor([0.6, 0.3, 0.1, 0.0])
+    row = probs.log().expand(4000, 4).contiguous()  # one row per draw, unseeded
+    picks = RowSampler()(row, torch.full((4000,), NO_SEED, dtype=torch.int32)).argmax(-1)
+    freq = torch.bincount(picks, minlength=4).float() / 4000
+    assert freq[3] == 0  # a token of probability zero is never drawn
+    assert torch.allclose(freq, probs, atol=0.03), freq
