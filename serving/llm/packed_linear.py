@@ -80,4 +80,16 @@ def pack_linears(model: nn.Module, batch_hint: int) -> int:
             return 0
         for parent, name, child in targets:
             setattr(parent, name, PackedLinear(child, batch_hint))
+        _own_the_rest(model)
     return len(targets)
+
+
+def _own_the_rest(model: nn.Module) -> None:
+    """Copy what is left unpacked (embeddings, norms) out of the checkpoint's memory map.
+
+    transformers maps the safetensors file and each tensor is a view into one mapping, so one
+    remaining view (the embedding) would keep every original weight resident beside its packed
+    copy: 1.44 GiB where 1.0 GiB is needed (SmolLM2-135M, in-process).
+    """
+    for tensor in [*model.parameters(), *model.buffers()]:
+        tensor.data = tensor.data.clone()
