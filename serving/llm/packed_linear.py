@@ -78,7 +78,9 @@ def pack_linears(model: nn.Module, batch_hint: int) -> int:
         if not ok:
             log.warning("oneDNN-packed linear differs from F.linear: layers stay unpacked")
             return 0
-        for parent, name, child in targets:
+        parent, name, _ = targets[0]
+        setattr(parent, name, first)  # checked above: not packed a second time
+        for parent, name, child in targets[1:]:
             setattr(parent, name, PackedLinear(child, batch_hint))
         _own_the_rest(model)
     return len(targets)
