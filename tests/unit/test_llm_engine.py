@@ -8,6 +8,7 @@ stream frees its batch slot.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from transformers import AutoTokenizer
 
 from serving.errors import InvalidInput
 from serving.llm.chat import ChatRequest, ChatService
-from serving.llm.transformers_engine import TransformersEngine, load_causal_lm
+from serving.llm.transformers_engine import TransformersEngine, in_own_thread, load_causal_lm
 from serving.repository.store import load_repository
 from tests.conftest import MODEL_REPO
 
@@ -128,3 +129,26 @@ def test_context_window_is_enforced_before_generation(service: ChatService) -> N
         service.plan(ChatRequest(messages=[{"role": "user", "content": "biopsy " * limit}]))
     with pytest.raises(InvalidInput, match="max_tokens"):
         service.plan(ChatRequest(messages=QUESTION, max_tokens=limit))
+
+
+def test_in_own_thread_builds_on_a_thread_that_then_ends() -> None:
+    """Loops are built on a thread that ends, so it holds no OpenMP pool afterwards."""
+    seen: list[threading.Thread] = []
+
+    def build() -> int:
+        seen.append(threading.current_thread())
+        return 42
+
+    assert in_own_thread(build).result(timeout=30) == 42
+    (builder,) = seen
+    assert builder is not threading.current_thread()
+    builder.join(timeout=30)
+    assert not builder.is_alive()
+
+
+def test_in_own_thread_passes_a_failure_on() -> None:
+    def build() -> int:
+        raise ValueError("bad checkpoint")
+
+    with pytest.raises(ValueError, match="bad checkpoint"):
+        in_own_thread(build).result(timeout=30)
