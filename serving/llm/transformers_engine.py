@@ -175,8 +175,9 @@ def in_own_thread(build: Callable[[], T]) -> Future[T]:
     or an executor's) also holds a pool, there are more OpenMP threads than cores, and libgomp
     then lets its workers spin only briefly before they sleep: every region starts by waking
     them. Building a loop (loading, packing, allocating its cache) runs parallel regions too,
-    so it is done here, and its pool goes when the thread does. 16 streams in-process here:
-    96-112 tokens/s with the model built on the caller's thread, 146-153 with this.
+    so it is done here, and its pool goes when the thread does. 16 streams in-process on 2
+    threads here: 96-112 tokens/s with the model built on the caller's thread, 145-153 with
+    this. (Each loaded adapter's loop is a thread with a pool of its own.)
     """
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-build")
     try:
