@@ -149,34 +149,40 @@ def test_pydicom_malformed_files_get_a_clear_4xx(server: Server, name: str, stat
 
 
 def test_concurrent_requests_share_batches(server: Server) -> None:
-    """Eight radiographs at once: the replica's `@serve.batch` runs them in fewer forward
-    passes than requests (the batch-size histogram counts one sample per batch)."""
+    """Radiographs sent at once: the replica's `@serve.batch` runs them in fewer forward
+    passes than requests (the batch-size histogram counts one sample per batch). Arrival is up
+    to the machine's scheduler (a burst can trickle in one pass apart on a loaded CI node), so
+    up to three bursts are sent; a replica that never batches runs every one request by request."""
     body, headers = binary_infer("image", np.zeros((1, 1, 224, 224), np.float32))
     labels = {"model": "cxr-triage"}
+    burst_size = 16  # the manifest's max_ongoing_requests: all reach the replica together
 
     def counts() -> tuple[float, float]:
         return (metric_total(server, "medserve_queue_wait_seconds_count", **labels),
                 metric_total(server, "medserve_batch_size_count", **labels))
 
-    requests_before, batches_before = counts()
-
     async def burst() -> list[int]:
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
             replies = await asyncio.gather(*(
                 client.post("/v2/models/cxr-triage/infer", content=body, headers=headers)
-                for _ in range(8)))
+                for _ in range(burst_size)))
         return [r.status_code for r in replies]
 
-    assert asyncio.run(burst()) == [200] * 8
+    runs = []
+    for _ in range(3):
+        requests_before, batches_before = counts()
+        assert asyncio.run(burst()) == [200] * burst_size
 
-    def settled() -> tuple[float, float]:
-        got = counts()
-        assert got[0] == requests_before + 8, got  # every request reached a batch once
-        return got
+        def settled(before: float = requests_before) -> tuple[float, float]:
+            got = counts()
+            assert got[0] == before + burst_size, got  # every request reached a batch once
+            return got
 
-    batches = eventually(settled)[1] - batches_before
-    print(f"\n8 concurrent requests ran in {batches:g} batches")
-    assert 1 <= batches < 8
+        runs.append(eventually(settled)[1] - batches_before)
+        if runs[-1] < burst_size:
+            break
+    print(f"\n{burst_size} concurrent requests ran in {runs} batches")
+    assert burst_size / 8 <= runs[-1] < burst_size, runs  # at most max_batch_size per pass
 
 
 def test_oversized_body_is_413(server: Server) -> None:
