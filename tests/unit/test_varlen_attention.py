@@ -10,7 +10,7 @@ import torch
 from transformers.generation.continuous_batching.utils import build_attention_mask
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from serving.llm.varlen_attention import plan, varlen_sdpa
+from serving.llm.varlen_attention import plan, varlen_sdpa, write_only_update
 
 HEADS, KV_HEADS, DIM = 6, 2, 16
 
@@ -49,6 +49,46 @@ def test_matches_transformers_sdpa(q_lens: list[int], k_lens: list[int]) -> None
                                          **kwargs)
     got, _ = varlen_sdpa(module(), query, key, value, mask, scaling=0.25, **kwargs)
     assert got.shape == expected.shape == (1, sum(q_lens), HEADS, DIM)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def written_to_cache(key: torch.Tensor, value: torch.Tensor, cu_k: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The packed keys as the paged cache holds them: scattered over its slots, each sequence's
+    last key written by this step (`write_only_update` on a real allocator's update)."""
+    k_total = key.shape[2]
+    slots = 3 * k_total
+    read_index = torch.randperm(slots, generator=torch.Generator().manual_seed(1))[:k_total]
+    k_cache, v_cache = (torch.zeros(slots, KV_HEADS, DIM) for _ in range(2))
+    rows = [key[0].transpose(0, 1), value[0].transpose(0, 1)]  # (tokens, kv heads, dim)
+    last = cu_k[1:].long() - 1
+    older = torch.ones(k_total, dtype=torch.bool)
+    older[last] = False
+    k_cache[read_index[older]], v_cache[read_index[older]] = rows[0][older], rows[1][older]
+    allocator = SimpleNamespace(_kv_token_views={3: (k_cache, v_cache)})
+    k, v = write_only_update(allocator, rows[0][last], rows[1][last], 3,  # type: ignore[arg-type]
+                             read_index, read_index[last])
+    assert k.data_ptr() == k_cache.data_ptr()  # the whole cache, not a gather
+    # as PagedAttentionCache.update hands them on: (1, kv heads, cache slots, dim)
+    return k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0), read_index
+
+
+@pytest.mark.parametrize(("q_lens", "k_lens"), [([1] * 5, [7, 30, 1, 12, 64]),
+                                                ([4, 1, 6], [10, 5, 6])])
+@pytest.mark.parametrize("lengths", [True, False])
+def test_keys_left_in_the_cache_are_read_once_by_attention(
+        q_lens: list[int], k_lens: list[int], lengths: bool) -> None:
+    """With the per-sequence lengths the read is varlen_sdpa's; without, it gathers for the
+    stock function. Either way the result is the packed keys' attention."""
+    query, key, value, mask, cu_q, cu_k = packed_batch(q_lens, k_lens)
+    kwargs: dict[str, Any] = {"cu_seq_lens_q": cu_q, "cu_seq_lens_k": cu_k, "read_index": [],
+                              "is_causal": False}
+    expected, _ = sdpa_attention_forward(module(), query, key, value, mask, scaling=0.25,
+                                         **kwargs)
+    k_cache, v_cache, _ = written_to_cache(key, value, cu_k)
+    if not lengths:
+        kwargs = {"is_causal": False}
+    got, _ = varlen_sdpa(module(), query, k_cache, v_cache, mask, scaling=0.25, **kwargs)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
