@@ -14,7 +14,7 @@ and value; the MLP's gate and up) are packed as one matrix, so each layer makes 
 where it made five: fewer, wider calls (a 16-stream decode step on one thread, in-process:
 96.7 -> 89.9 ms, the same greedy tokens for all 49 prompts of the LLM benchmark).
 
-Packing is checked once against `F.linear` on the first layer and the first sibling group; a
+Packing is checked once against `F.linear`, on the first sibling group (or linear); a
 torch build without oneDNN, or one whose result differs, keeps the stock layers (and logs why).
 """
 
