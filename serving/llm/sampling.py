@@ -14,7 +14,10 @@ transformers' top-k and top-p warpers sort every row of the vocabulary on every 
 whatever the row asks for: two full sorts of (batch, 49k) took 22% of a 16-stream decode step
 here (py-spy). Medserve asks top-k for 1 (greedy) or nothing, so `RowTopK` keeps a greedy
 row's maximum with one pass and leaves the others alone, and `RowTopP` sorts only the rows
-whose top-p is below 1. Both give exactly the warpers' results.
+whose top-p is below 1. Both give exactly the warpers' results. And when every row of a step
+is greedy, `GreedyAwareList` skips the processors altogether: a positive temperature, top-k and
+top-p all keep each row's maximum, which is all the manager's argmax takes (2.5 ms of
+full-vocabulary passes in a 16-stream greedy step here, torch profiler).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any
 import torch
 from transformers.generation.continuous_batching.cb_logits_processors import (
     ContinuousBatchingLogitsProcessor,
+    ContinuousBatchingLogitsProcessorList,
+    ContinuousBatchingTemperatureLogitsWarper,
     ContinuousBatchingTopKLogitsWarper,
     ContinuousBatchingTopPLogitsWarper,
 )
@@ -117,6 +122,24 @@ ROW_WISE: dict[type, type] = {ContinuousBatchingTopKLogitsWarper: RowTopK,
                               ContinuousBatchingTopPLogitsWarper: RowTopP}
 
 
+class GreedyAwareList(ContinuousBatchingLogitsProcessorList):
+    """The manager's processor list, which leaves the scores alone when every row is greedy.
+
+    Only for lists of temperature, row-wise top-k and top-p, then `RowSampler` (what `install`
+    makes): none of them moves a greedy row's maximum, and the manager takes the argmax.
+    """
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor,
+                 logits_processor_args: torch.Tensor) -> torch.Tensor:
+        draws = logits_processor_args[self.tensors_required - 1, : scores.size(0)]
+        if bool((draws == GREEDY).all()):
+            return scores
+        return super().__call__(input_ids, scores, logits_processor_args)
+
+
+KEEP_THE_MAXIMUM = (ContinuousBatchingTemperatureLogitsWarper, RowTopK, RowTopP)
+
+
 def row_wise(processor: object) -> object:
     """The row-wise twin of transformers' top-k or top-p warper, with its settings."""
     twin = ROW_WISE.get(type(processor))
@@ -140,6 +163,8 @@ def install(manager: Any) -> None:
     processors.tensors_required += 1
     processors._retrieve_processors_kwargs()
     processors.do_processing = True
+    if all(isinstance(p, KEEP_THE_MAXIMUM) for p in processors.logits_processor[:-1]):
+        processors.__class__ = GreedyAwareList  # only overrides __call__
     # The warpers above were built because the config samples; from here on rows are drawn by
     # RowSampler and the manager's batch processor (made at start) only takes each row's argmax.
     config = copy.copy(manager.generation_config)

@@ -3,15 +3,35 @@ their full-vocabulary sorts for the rows that do not need one."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from transformers import GenerationConfig
 from transformers.generation.continuous_batching.cb_logits_processors import (
+    ContinuousBatchingLogitsProcessorList,
     ContinuousBatchingTopKLogitsWarper,
     ContinuousBatchingTopPLogitsWarper,
 )
-from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+from transformers.generation.logits_process import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
-from serving.llm.sampling import GREEDY, NO_SEED, RowSampler, RowTopK, RowTopP, row_wise, seed_for
+from serving.llm.sampling import (
+    GREEDY,
+    NO_SEED,
+    GreedyAwareList,
+    RowSampler,
+    RowTopK,
+    RowTopP,
+    install,
+    row_wise,
+    seed_for,
+)
 
 VOCAB = 2000
 
@@ -78,3 +98,48 @@ def test_row_sampler_draws_from_the_row_distribution() -> None:
     freq = torch.bincount(picks, minlength=4).float() / 4000
     assert freq[3] == 0  # a token of probability zero is never drawn
     assert torch.allclose(freq, probs, atol=0.03), freq
+
+
+def installed(*extra: object) -> ContinuousBatchingLogitsProcessorList:
+    """The manager's per-request processor list for a sampling config, after `install`."""
+    processors = ContinuousBatchingLogitsProcessorList(LogitsProcessorList([
+        TemperatureLogitsWarper(0.7), TopKLogitsWarper(VOCAB), TopPLogitsWarper(0.95), *extra,
+    ]), per_request_processors=True)
+    manager = SimpleNamespace(logit_processor=processors,
+                              generation_config=GenerationConfig(do_sample=True))
+    install(manager)
+    assert manager.generation_config.do_sample is False  # the manager only takes the argmax
+    return processors
+
+
+def test_an_all_greedy_step_skips_the_processors_and_keeps_every_argmax() -> None:
+    processors = installed()
+    assert type(processors) is GreedyAwareList
+    x, ids = scores(6, 4), torch.zeros(6, 1, dtype=torch.long)
+    temperature, top_k, top_p = floats([1.0] * 10), torch.full((10,), 1), floats([1.0] * 10)
+    args = torch.stack([temperature, top_k.int(), top_p, torch.full((10,), GREEDY).int()])
+    assert processors(ids, x, args) is x  # nothing computed
+    # What the processors would have done keeps the same argmax in every row.
+    full = super(GreedyAwareList, processors).__call__(ids, x, args)
+    assert torch.equal(full.argmax(-1), x.argmax(-1))
+    assert bool((full == float("-inf")).any())  # ...though they mask every other token
+    # One sampled row: the whole list runs (its row becomes one-hot).
+    args[3, 2], args[1, 2] = NO_SEED, VOCAB
+    out = processors(ids, x, args)
+    assert out is not x and int((out[2] > float("-inf")).sum()) == 1
+
+
+class BanTheMaximum(LogitsProcessor):
+    """A processor of the application's own: it moves each row's maximum."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores.scatter(-1, scores.argmax(-1, keepdim=True), float("-inf"))
+
+
+def test_a_list_with_a_processor_that_moves_the_maximum_keeps_running_it() -> None:
+    processors = installed(BanTheMaximum())
+    assert type(processors) is ContinuousBatchingLogitsProcessorList
+    x, ids = scores(2, 5), torch.zeros(2, 1, dtype=torch.long)
+    args = torch.stack([floats([1.0] * 2), torch.ones(2, dtype=torch.int32), floats([1.0] * 2),
+                        torch.full((2,), GREEDY, dtype=torch.int32)])
+    assert not torch.equal(processors(ids, x, args).argmax(-1), x.argmax(-1))
