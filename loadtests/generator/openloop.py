@@ -93,6 +93,20 @@ class Record:
     def to_json(self) -> dict[str, object]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
+    @property
+    def failure(self) -> str:
+        """What went wrong, in a few words ("HTTP 503", the client's exception); "" if ok."""
+        return "" if self.ok else self.error or f"HTTP {self.status}"
+
+
+def failure_kinds(records: Sequence[Record]) -> dict[str, int]:
+    """Failed requests counted by what went wrong."""
+    kinds: dict[str, int] = {}
+    for r in records:
+        if not r.ok:
+            kinds[r.failure] = kinds.get(r.failure, 0) + 1
+    return kinds
+
 
 def completed(
     model: str, intended_s: float, done_s: float, status: int, error: str | None = None,

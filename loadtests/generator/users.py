@@ -39,6 +39,7 @@ from loadtests.traffic.profiles import ModelPlan, Plan
 RECORDS: list[Record] = []
 FINISHED: set[str] = set()  # models whose schedule is done and drained
 UNFINISHED = "no answer before the run ended"
+ERROR_CHARS = 160  # a client error's class and message, e.g. the reset behind a ConnectionError
 
 
 class Sender:
@@ -69,7 +70,7 @@ class Sender:
                 else:
                     resp.content  # noqa: B018 - read the whole reply before stopping the clock
         except (requests.RequestException, ConnectionError, json.JSONDecodeError) as exc:
-            error = type(exc).__name__
+            error = f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]
         done = time.perf_counter() - t0
         record = completed(self.name, intended, done, status, error, ttft_s=ttft, itl_s=gaps,
                            priority=priority, tenant=tenant, lag_s=lag)

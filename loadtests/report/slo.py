@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from loadtests.generator.openloop import NOT_SENT, Record
+from loadtests.generator.openloop import NOT_SENT, Record, failure_kinds
 from loadtests.report.stats import percentile
 
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
@@ -138,11 +138,6 @@ def evaluate(slo: ModelSLO, records: Sequence[Record], duration_s: float) -> Mod
         metrics.append(MetricResult(
             target, len(values), {q: percentile(values, q) for q in PERCENTILES}, under
         ))
-    errors: dict[str, int] = {}
-    for r in records:
-        if not r.ok:
-            key = r.error or f"HTTP {r.status}"
-            errors[key] = errors.get(key, 0) + 1
     return ModelResult(
         slo=slo,
         requests=len(records),
@@ -150,6 +145,6 @@ def evaluate(slo: ModelSLO, records: Sequence[Record], duration_s: float) -> Mod
         not_sent=sum(1 for r in records if r.error == NOT_SENT),
         duration_s=duration_s,
         metrics=tuple(metrics),
-        errors=errors,
+        errors=failure_kinds(records),
         send_lag_p99_s=percentile([r.lag_s for r in records if r.lag_s is not None], 99),
     )

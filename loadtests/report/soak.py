@@ -21,6 +21,7 @@ from loadtests.generator.openloop import Record
 from loadtests.report.stats import percentile
 
 FULL_S = 1800.0  # the real soak: 30 minutes
+SHOWN_FAILURES = 10  # failed requests the verdict names one by one
 
 
 class SoakPlan(BaseModel):
@@ -112,11 +113,15 @@ def p99_ms(records: Sequence[Record]) -> float:
 def judge(plan: SoakPlan, limits: SoakLimits, records: Sequence[Record],
           rss: Sequence[RssSample]) -> SoakVerdict:
     lines, ok = [], True
-    failed = [r for r in records if not r.ok]
+    failed = sorted((r for r in records if not r.ok), key=lambda r: r.intended_s)
     good = len(failed) <= limits.max_errors and bool(records)
     ok &= good
     lines.append(f"{'ok' if good else 'FAIL'}  errors: {len(failed)} of {len(records)} requests "
                  f"(limit {limits.max_errors})")
+    for r in failed[:SHOWN_FAILURES]:  # what went wrong, so a failed run can be read
+        lines.append(f"      {r.model}, sent at {r.intended_s:.1f} s: {r.failure}")
+    if len(failed) > SHOWN_FAILURES:
+        lines.append(f"      ... {len(failed) - SHOWN_FAILURES} more")
     times = sorted({s.t_s for s in rss})
     start = next((t for t in times if t >= plan.warmup_s), None)
     if start is None or start == times[-1]:

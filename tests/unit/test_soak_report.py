@@ -4,7 +4,15 @@ warm-up growth, small helpers and sparse windows do not."""
 from __future__ import annotations
 
 from loadtests.generator.openloop import Record
-from loadtests.report.soak import RssSample, SoakLimits, SoakPlan, cpu_percent, judge, table
+from loadtests.report.soak import (
+    SHOWN_FAILURES,
+    RssSample,
+    SoakLimits,
+    SoakPlan,
+    cpu_percent,
+    judge,
+    table,
+)
 
 PLAN = SoakPlan()  # the 30-minute plan
 LIMITS = SoakLimits()
@@ -54,9 +62,20 @@ def test_a_small_helper_is_judged_only_through_the_total() -> None:
     assert judge(PLAN, LIMITS, records(), rss(helper_growth=0.5)).passed
 
 
-def test_one_failed_request_fails() -> None:
+def test_one_failed_request_fails_and_is_named() -> None:
     verdict = judge(PLAN, LIMITS, records(failed_at=900.0), rss())
     assert not verdict.passed and verdict.lines[0].startswith("FAIL  errors: 1 of")
+    assert verdict.lines[1].split() == ["cxr-triage,", "sent", "at", "900.0", "s:", "HTTP", "503"]
+
+
+def test_many_failures_are_named_earliest_first_up_to_a_limit() -> None:
+    failures = [Record("cxr-triage", 100.0 - i, None, error="ConnectionError: reset")
+                for i in range(SHOWN_FAILURES + 3)]
+    lines = judge(PLAN, LIMITS, records() + failures, rss()).lines
+    named = [line for line in lines if "sent at" in line]
+    assert len(named) == SHOWN_FAILURES and named[0].endswith(
+        f"at {100.0 - SHOWN_FAILURES - 2:.1f} s: ConnectionError: reset")
+    assert lines[SHOWN_FAILURES + 1].strip() == "... 3 more"
 
 
 def test_a_tail_drifting_past_the_limit_fails_and_one_within_it_passes() -> None:
