@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,10 @@ from serving.testing.process import ServerProcess, memory_mib, running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# The proxy's access line ends "-- POST /v1/imaging/{model}/predict 503 12.3ms".
+ACCESS_STATUS = re.compile(r" -- [A-Z]+ \S+ (\d{3}) [\d.]+ms$")
+SHOWN_LOG_LINES = 20  # of what Serve logged, with a failed soak
+LOG_LINE_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,26 @@ def sample(server: ServerProcess, t_s: float) -> list[report.RssSample]:
     return out
 
 
+def log_sizes(server: ServerProcess) -> dict[Path, int]:
+    return {path: path.stat().st_size for path in server.serve_logs()}
+
+
+def served_trouble(server: ServerProcess, since: dict[Path, int]) -> list[str]:
+    """What Serve logged after `since` (log sizes) that a failed request could come from:
+    warnings, errors, and the proxy's access lines of answers other than 2xx."""
+    out = []
+    for path in server.serve_logs():
+        with path.open("rb") as log:
+            log.seek(since.get(path, 0))
+            for raw in log:
+                line = raw.decode(errors="replace").rstrip()
+                status = ACCESS_STATUS.search(line) if path.name.startswith("proxy") else None
+                if line.startswith(("WARNING", "ERROR", "CRITICAL")) or \
+                        (status is not None and not status[1].startswith("2")):
+                    out.append(f"{path.name}: {line}"[:LOG_LINE_CHARS])
+    return out
+
+
 def run_soak(server: ServerProcess, out: Path, plan: report.SoakPlan,
              limits: report.SoakLimits, profile: str = "soak",
              repo: Path = ROOT / "model_repo") -> SoakResult:
@@ -78,6 +103,7 @@ def run_soak(server: ServerProcess, out: Path, plan: report.SoakPlan,
     drain = load_profile(profile).request_timeout_s + 5.0
     deadline = plan.duration_s + drain + 2 * STARTUP_S
     rss: list[report.RssSample] = []
+    logs_before = log_sizes(server)
     with (out / "loadtest.log").open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                 start_new_session=True)
@@ -107,7 +133,12 @@ def run_soak(server: ServerProcess, out: Path, plan: report.SoakPlan,
             f"{plan.window_s:g} s\nSLO gate (informational): {gate}\n")
     body = report.table(plan, records, rss, os.cpu_count() or 1)
     passed = verdict.passed and not run_failed
-    text = (head + "\n" + body + "\n" + "\n".join(verdict.lines)
+    lines = verdict.lines
+    if any(not r.ok for r in records):  # the server's side of the failures
+        trouble = served_trouble(server, logs_before)
+        lines = [*lines, f"Serve logged {len(trouble)} warnings, errors or non-2xx answers"
+                 " during the run" + (":" if trouble else "."), *trouble[:SHOWN_LOG_LINES]]
+    text = (head + "\n" + body + "\n" + "\n".join(lines)
             + f"\nVERDICT: {'PASS' if passed else 'FAIL'}\n")
     (out / "soak_report.txt").write_text(text)
     report.write_csv(out / "soak_rss.csv", rss)

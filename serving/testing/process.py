@@ -51,6 +51,13 @@ class ServerProcess:
     def host_port(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def serve_logs(self) -> list[Path]:
+        """Ray Serve's log files of this server (controller, proxy, replicas: access lines and
+        warnings); empty when its Ray temp dir is not known."""
+        if self.ray_tmpdir is None:
+            return []
+        return sorted(self.ray_tmpdir.glob("ray/session_latest/logs/serve/*.log"))
+
     def session_processes(self) -> Iterator[tuple[int, str]]:
         """(pid, command line) of every process in the server's session: its Ray processes."""
         for entry in os.scandir("/proc"):
