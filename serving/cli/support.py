@@ -16,6 +16,7 @@ console = Console()
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print `error: message` on stderr; raise the returned Exit (`raise fail(...)`)."""
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    """Print `error: message` on stderr, one unbroken line (a path in it stays whole to copy or
+    grep; the terminal wraps it, not rich); raise the returned Exit (`raise fail(...)`)."""
+    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(code=code)
