@@ -128,12 +128,26 @@ def judge(plan: SoakPlan, limits: SoakLimits, records: Sequence[Record],
         ok = False
         lines.append("FAIL  RSS: no samples after warm-up")
     else:
-        first = {s.pid: s.rss_mib for s in rss if s.t_s == start}
-        end = {s.pid: s.rss_mib for s in rss if s.t_s == times[-1]}
-        both = sorted(set(first) & set(end))  # lived from warm-up to the end
-        names = _names(rss)
-        judged = [("total", sum(first[p] for p in both), sum(end[p] for p in both))]
-        judged += [(names[p], first[p], end[p]) for p in both if first[p] >= limits.min_rss_mib]
+        end, names = times[-1], _names(rss)
+        at = {(s.pid, s.t_s): s.rss_mib for s in rss}
+        born: dict[int, float] = {}
+        for s in sorted(rss, key=lambda s: s.t_s):
+            born.setdefault(s.pid, s.t_s)
+        alive = sorted(p for p in born if (p, end) in at)
+        # Those there when the load started and from warm-up to the end; a process started
+        # later (a replica the autoscaler added) is judged from its own warm-up, since it is
+        # still loading its model at first.
+        old = [p for p in alive if born[p] == times[0] and (p, start) in at]
+        judged = [("total", sum(at[p, start] for p in old), sum(at[p, end] for p in old))]
+        for p in alive:
+            since = start if born[p] == times[0] else next(
+                (t for t in times if t >= born[p] + plan.warmup_s and (p, t) in at), end)
+            if since == end:
+                lines.append(f"--    RSS {names[p]}: started at {born[p]:.0f} s, still in its "
+                             "warm-up at the end: not judged")
+            elif at.get((p, since), 0.0) >= limits.min_rss_mib:
+                label = names[p] if since == start else f"{names[p]} (from {since:.0f} s)"
+                judged.append((label, at[p, since], at[p, end]))
         for name, a, b in judged:
             growth = (b - a) / a if a else 0.0
             good = growth < limits.rss_growth

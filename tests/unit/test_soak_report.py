@@ -31,6 +31,20 @@ def rss(replica_growth: float = 0.0, helper_growth: float = 0.0) -> list[RssSamp
     return out
 
 
+def with_new_replica(born_minute: int, growth: float = 0.0) -> list[RssSample]:
+    """`rss()` plus a replica that starts at `born_minute`, loads from 200 to 1000 MiB over
+    its first warm-up, then grows by `growth` until the end."""
+    out = rss()
+    for minute in range(born_minute, 31):
+        t = 60.0 * minute
+        age = t - 60.0 * born_minute
+        loaded = 200.0 + 800.0 * min(1.0, age / PLAN.warmup_s)
+        later = max(0.0, (age - PLAN.warmup_s) / (PLAN.duration_s - 60.0 * born_minute))
+        out.append(RssSample(t, 12, "ray::ServeReplica:medserve:cxr-triage-v1", loaded
+                             * (1 + growth * later), t / 2))
+    return out
+
+
 def records(last_p99_s: float = 0.2, failed_at: float | None = None) -> list[Record]:
     """10 req/s of cxr-triage at 0.1 s, one in fifty at 0.2 s (the p99), and that tail at
     `last_p99_s` in the last window; one failure at `failed_at`."""
@@ -60,6 +74,22 @@ def test_a_leaking_replica_fails() -> None:
 
 def test_a_small_helper_is_judged_only_through_the_total() -> None:
     assert judge(PLAN, LIMITS, records(), rss(helper_growth=0.5)).passed
+
+
+def test_a_replica_added_mid_run_is_judged_from_its_own_warm_up() -> None:
+    verdict = judge(PLAN, LIMITS, records(), with_new_replica(born_minute=4))
+    assert verdict.passed, verdict.lines  # 200 -> 1000 MiB while it loads is not a leak
+    assert any("[12] (from 540 s)" in line and line.startswith("ok") for line in verdict.lines)
+    leaking = judge(PLAN, LIMITS, records(), with_new_replica(born_minute=4, growth=0.3))
+    assert not leaking.passed
+    assert any(line.startswith("FAIL  RSS") and "[12]" in line for line in leaking.lines)
+
+
+def test_a_replica_added_too_late_to_warm_up_is_not_judged() -> None:
+    verdict = judge(PLAN, LIMITS, records(), with_new_replica(born_minute=27))
+    assert verdict.passed, verdict.lines
+    assert any(line.startswith("--    RSS") and "[12]" in line and "not judged" in line
+               for line in verdict.lines)
 
 
 def test_one_failed_request_fails_and_is_named() -> None:
