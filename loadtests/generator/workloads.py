@@ -55,7 +55,9 @@ def imaging_bodies(kind: Kind, p: Payloads, variants: int = 4) -> list[tuple[byt
 
 
 def chat_body(model: str, adapters: list[str], p: Payloads, rng: random.Random) -> bytes:
-    """One turn of a consultation, with the earlier turns of the conversation as history."""
+    """One turn of a consultation, with the earlier turns of the conversation as history. Its
+    `seed` makes the reply's sampling a function of the request, so a replayed schedule
+    (`Profile.repeat_s`) has the same tokens generated again, not replies of other lengths."""
     turns = rng.randint(0, p.chat_max_history)
     messages: list[dict[str, str]] = [{"role": "user", "content": rng.choice(QUESTIONS)}]
     for _ in range(turns):
@@ -65,6 +67,7 @@ def chat_body(model: str, adapters: list[str], p: Payloads, rng: random.Random) 
     return json.dumps({
         "model": name, "messages": messages, "max_tokens": p.chat_max_tokens,
         "stream": True, "stream_options": {"include_usage": True},
+        "seed": rng.randrange(2**31),
     }).encode()
 
 

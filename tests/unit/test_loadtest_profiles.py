@@ -120,6 +120,7 @@ def test_chat_turns_are_openai_streaming_requests_with_history() -> None:
         assert b["max_tokens"] == 16 and b["messages"][-1]["role"] == "user"
         assert len(b["messages"]) % 2 == 1 and len(b["messages"]) <= 1 + 2 * 3
     assert len({len(b["messages"]) for b in bodies}) > 1  # conversations of several lengths
+    assert len({b["seed"] for b in bodies}) == 50  # each turn its own, replayed with it
     assert json.loads(chat_body("clinical-llm", [], p, rng))["model"] == "clinical-llm"
     assert path_of("chat", "clinical-llm") == "/v1/chat/completions"
 

@@ -113,6 +113,13 @@ def test_a_tail_drifting_past_the_limit_fails_and_one_within_it_passes() -> None
     assert judge(PLAN, LIMITS, records(last_p99_s=0.23), rss()).passed  # +15%
 
 
+def test_without_a_p99_limit_the_tail_is_reported_not_judged() -> None:
+    verdict = judge(PLAN, SoakLimits(p99_drift=None), records(last_p99_s=2.0), rss())
+    assert verdict.passed
+    assert "--    p99 cxr-triage: 200 ms (baseline) -> 2000 ms (last window), +900.0%: no limit " \
+        "set, not judged" in verdict.lines
+
+
 def test_the_table_has_a_row_per_process_and_the_cpu_use() -> None:
     text = table(PLAN, records(), rss(), cores=2)
     assert "cxr-triage-v1 [10]" in text and "raylet [11]" in text
