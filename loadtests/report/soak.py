@@ -111,50 +111,59 @@ def p99_ms(records: Sequence[Record]) -> float:
                       99) * 1e3
 
 
-def judge(plan: SoakPlan, limits: SoakLimits, records: Sequence[Record],
-          rss: Sequence[RssSample]) -> SoakVerdict:
-    lines, ok = [], True
+Checks = tuple[bool, list[str]]  # all held, one line per check with its figures
+
+
+def _errors(limits: SoakLimits, records: Sequence[Record]) -> Checks:
     failed = sorted((r for r in records if not r.ok), key=lambda r: r.intended_s)
-    good = len(failed) <= limits.max_errors and bool(records)
-    ok &= good
-    lines.append(f"{'ok' if good else 'FAIL'}  errors: {len(failed)} of {len(records)} requests "
-                 f"(limit {limits.max_errors})")
+    ok = len(failed) <= limits.max_errors and bool(records)
+    lines = [f"{'ok' if ok else 'FAIL'}  errors: {len(failed)} of {len(records)} requests "
+             f"(limit {limits.max_errors})"]
     for r in failed[:SHOWN_FAILURES]:  # what went wrong, so a failed run can be read
         lines.append(f"      {r.model}, sent at {r.intended_s:.1f} s: {r.failure}")
     if len(failed) > SHOWN_FAILURES:
         lines.append(f"      ... {len(failed) - SHOWN_FAILURES} more")
+    return ok, lines
+
+
+def _rss(plan: SoakPlan, limits: SoakLimits, rss: Sequence[RssSample]) -> Checks:
+    """Growth from the end of warm-up to the last sample: the total of the processes there
+    from the start, and each large process. One started later (a replica the autoscaler
+    added) is judged from the end of its own warm-up, since it is still loading its model at
+    first, and left out of the total."""
     times = sorted({s.t_s for s in rss})
     start = next((t for t in times if t >= plan.warmup_s), None)
     if start is None or start == times[-1]:
-        ok = False
-        lines.append("FAIL  RSS: no samples after warm-up")
-    else:
-        end, names = times[-1], _names(rss)
-        at = {(s.pid, s.t_s): s.rss_mib for s in rss}
-        born: dict[int, float] = {}
-        for s in sorted(rss, key=lambda s: s.t_s):
-            born.setdefault(s.pid, s.t_s)
-        alive = sorted(p for p in born if (p, end) in at)
-        # Those there when the load started and from warm-up to the end; a process started
-        # later (a replica the autoscaler added) is judged from its own warm-up, since it is
-        # still loading its model at first.
-        old = [p for p in alive if born[p] == times[0] and (p, start) in at]
-        judged = [("total", sum(at[p, start] for p in old), sum(at[p, end] for p in old))]
-        for p in alive:
-            since = start if born[p] == times[0] else next(
-                (t for t in times if t >= born[p] + plan.warmup_s and (p, t) in at), end)
-            if since == end:
-                lines.append(f"--    RSS {names[p]}: started at {born[p]:.0f} s, still in its "
-                             "warm-up at the end: not judged")
-            elif at.get((p, since), 0.0) >= limits.min_rss_mib:
-                label = names[p] if since == start else f"{names[p]} (from {since:.0f} s)"
-                judged.append((label, at[p, since], at[p, end]))
-        for name, a, b in judged:
-            growth = (b - a) / a if a else 0.0
-            good = growth < limits.rss_growth
-            ok &= good
-            lines.append(f"{'ok' if good else 'FAIL'}  RSS {name}: {a:.0f} -> {b:.0f} MiB "
-                         f"({growth:+.1%}, limit +{limits.rss_growth:.0%})")
+        return False, ["FAIL  RSS: no samples after warm-up"]
+    end, names, lines = times[-1], _names(rss), []
+    at = {(s.pid, s.t_s): s.rss_mib for s in rss}
+    born: dict[int, float] = {}
+    for s in sorted(rss, key=lambda s: s.t_s):
+        born.setdefault(s.pid, s.t_s)
+    alive = sorted(p for p in born if (p, end) in at)
+    old = [p for p in alive if born[p] == times[0] and (p, start) in at]
+    judged = [("total", sum(at[p, start] for p in old), sum(at[p, end] for p in old))]
+    for p in alive:
+        since = start if born[p] == times[0] else next(
+            (t for t in times if t >= born[p] + plan.warmup_s and (p, t) in at), end)
+        if since == end:
+            lines.append(f"--    RSS {names[p]}: started at {born[p]:.0f} s, still in its "
+                         "warm-up at the end: not judged")
+        elif at.get((p, since), 0.0) >= limits.min_rss_mib:
+            label = names[p] if since == start else f"{names[p]} (from {since:.0f} s)"
+            judged.append((label, at[p, since], at[p, end]))
+    ok = True
+    for name, a, b in judged:
+        growth = (b - a) / a if a else 0.0
+        good = growth < limits.rss_growth
+        ok &= good
+        lines.append(f"{'ok' if good else 'FAIL'}  RSS {name}: {a:.0f} -> {b:.0f} MiB "
+                     f"({growth:+.1%}, limit +{limits.rss_growth:.0%})")
+    return ok, lines
+
+
+def _p99(plan: SoakPlan, limits: SoakLimits, records: Sequence[Record]) -> Checks:
+    ok, lines = True, []
     for model in sorted({r.model for r in records}):
         mine = [r for r in records if r.model == model]
         base, last = _in(mine, *plan.baseline), _in(mine, *plan.last)
@@ -170,7 +179,13 @@ def judge(plan: SoakPlan, limits: SoakLimits, records: Sequence[Record],
         good = b <= a * (1 + limits.p99_drift)
         ok &= good
         lines.append(f"{'ok' if good else 'FAIL'}  {seen}, limit +{limits.p99_drift:.0%}")
-    return SoakVerdict(ok, lines)
+    return ok, lines
+
+
+def judge(plan: SoakPlan, limits: SoakLimits, records: Sequence[Record],
+          rss: Sequence[RssSample]) -> SoakVerdict:
+    checks = [_errors(limits, records), _rss(plan, limits, rss), _p99(plan, limits, records)]
+    return SoakVerdict(all(ok for ok, _ in checks), [line for _, ls in checks for line in ls])
 
 
 def table(plan: SoakPlan, records: Sequence[Record], rss: Sequence[RssSample],
